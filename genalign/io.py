@@ -1,0 +1,108 @@
+"""Atomic file writes and small I/O helpers: nothing is ever half-written.
+
+A write goes to a temporary file in the same directory, is fsync'ed, and is renamed over the target
+(``os.replace`` is atomic on POSIX). Directories (checkpoints) are written to ``<name>.tmp-<pid>`` and
+renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Iterator
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_jsonl(path: str, record: Dict[str, Any]) -> None:
+    """Append one JSON line (a single write of a whole line; a crash can lose the line, never corrupt others)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o):
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """Yield a temporary directory that becomes ``path`` only if the block completes.
+
+    An existing ``path`` is replaced only after the new one is complete.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_prompts(source) -> list:
+    """Prompts from a list, a .txt file (one per line) or a .jsonl file (objects with a 'prompt' key)."""
+    from .errors import ConfigError
+
+    if isinstance(source, (list, tuple)):
+        return [str(p) for p in source]
+    if not os.path.exists(source):
+        raise ConfigError(f"prompts file '{source}' does not exist")
+    out = []
+    with open(source, "r", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if source.endswith(".jsonl"):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"prompts file '{source}' line {i + 1} is not valid JSON") from None
+                if not isinstance(rec, dict) or "prompt" not in rec:
+                    raise ConfigError(f"prompts file '{source}' line {i + 1} has no 'prompt' key")
+                out.append(str(rec["prompt"]))
+            else:
+                out.append(line)
+    if not out:
+        raise ConfigError(f"prompts file '{source}' contains no prompts")
+    return out

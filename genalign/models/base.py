@@ -1,0 +1,432 @@
+"""The model-family contract: a :class:`Generator` wraps a stock diffusers pipeline and its (LoRA'd) denoiser.
+
+Only the family adapters (sd3.py, flux.py, sd.py) know how a family encodes prompts, calls its denoiser and
+decodes latents. Everything else — sampling with per-step log-probs, recomputing log-probs for training,
+the reference policy (the same network with the adapter disabled), LoRA saving in the diffusers layout —
+is written once here, against four small family hooks:
+
+    encode(prompts, guidance_scale) -> cond          (opaque dict of batch-first tensors, CPU-sliceable)
+    model_forward(model, x, t, cond) -> raw output   (velocity for rectified flow, ε/v for VP models)
+    initial_noise(seeds) -> x_T
+    decode(latents) -> samples in [0, 1] (images) or [-1, 1] (audio)
+
+Randomness is per sample: the initial noise and every SDE step's noise of sample i come from its own
+``torch.Generator`` seeded by ``seeds[i]``. A rollout is therefore identical however a batch is split across
+processes or micro-batches, which is what makes multi-process runs reproduce single-process ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import ModelConfig, SamplerConfig
+from ..errors import CheckpointError, ConfigError
+from . import steps as K
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Schedule:
+    """The discretisation of one sampling run. Flow: ``sigmas`` (T+1,), ending at 0. VP: ``alphas`` (T+1,)."""
+
+    timesteps: torch.Tensor  # (T,) the values passed to the denoiser
+    sigmas: Optional[torch.Tensor] = None  # flow
+    alphas: Optional[torch.Tensor] = None  # VP: ᾱ at each state (T+1,), alphas[T] = final ᾱ
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled trajectories (N samples, T steps)."""
+
+    prompts: List[str]
+    seeds: List[int]
+    group_ids: torch.Tensor  # (N,) long: samples with the same id share a prompt
+    cond: Dict[str, Any]  # adapter-owned conditioning, batch-first
+    states: torch.Tensor  # (N, T+1, *latent) float32: x_T (noise) ... x_0 (clean latent)
+    log_probs: torch.Tensor  # (N, T) float32, NaN where the step was deterministic
+    means: Optional[torch.Tensor]  # (N, T, *latent) transition means (stored only when asked)
+    train_steps: torch.Tensor  # (N, K) long: which steps are trained for each sample
+    schedule: Schedule
+    guidance_scale: float
+    samples: Optional[torch.Tensor] = None  # decoded outputs
+    metadata: List[Dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def index(self, idx: Sequence[int]) -> "Rollout":
+        idx_t = torch.as_tensor(list(idx), dtype=torch.long)
+        return Rollout(
+            prompts=[self.prompts[i] for i in idx_t.tolist()],
+            seeds=[self.seeds[i] for i in idx_t.tolist()],
+            group_ids=self.group_ids[idx_t],
+            cond=index_cond(self.cond, idx_t),
+            states=self.states[idx_t],
+            log_probs=self.log_probs[idx_t],
+            means=None if self.means is None else self.means[idx_t],
+            train_steps=self.train_steps[idx_t],
+            schedule=self.schedule,
+            guidance_scale=self.guidance_scale,
+            samples=None if self.samples is None else self.samples[idx_t],
+            metadata=[self.metadata[i] for i in idx_t.tolist()] if self.metadata else [],
+        )
+
+
+def index_cond(cond: Dict[str, Any], idx: torch.Tensor) -> Dict[str, Any]:
+    out = {}
+    for k, v in cond.items():
+        if torch.is_tensor(v) and v.ndim > 0:
+            out[k] = v[idx.to(v.device)]
+        elif isinstance(v, dict):
+            out[k] = index_cond(v, idx)
+        else:
+            out[k] = v
+    return out
+
+
+def cat_cond(conds: List[Dict[str, Any]]) -> Dict[str, Any]:
+    out = {}
+    for k in conds[0]:
+        v = conds[0][k]
+        if torch.is_tensor(v) and v.ndim > 0:
+            out[k] = torch.cat([c[k] for c in conds])
+        elif isinstance(v, dict):
+            out[k] = cat_cond([c[k] for c in conds])
+        else:
+            out[k] = v
+    return out
+
+
+def sample_generators(seeds: Sequence[int], device, salt: int = 0) -> List[torch.Generator]:
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed((int(s) * 1_000_003 + salt) % (2**63 - 1))
+        gens.append(g)
+    return gens
+
+
+def per_sample_randn(shape, generators: List[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def _null_components(pipe_cls, cfg: ModelConfig) -> Dict[str, Any]:
+    """Components saved as ``[null, null]`` (e.g. SD3 without T5) must be passed as None explicitly."""
+    try:
+        index = pipe_cls.load_config(cfg.path, revision=cfg.revision)
+    except Exception:  # noqa: BLE001 - from_pretrained reports the real problem just after
+        return {}
+    return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and list(v) == [None, None]}
+
+
+class Generator:
+    """Base class of the model-family adapters. See the module docstring for the hooks a family implements."""
+
+    family: str = "base"
+    kind: str = "flow"  # flow | vp
+    modality: str = "image"
+    denoiser_name: str = "transformer"
+    default_lora_targets: List[str] = []
+
+    @classmethod
+    def pipe_class(cls):
+        """The stock diffusers pipeline class this family loads (imported lazily)."""
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline
+
+    def __init__(self, pipe, cfg: ModelConfig, device: torch.device | str = "cpu"):
+        self.pipe = pipe
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.weight_dtype = DTYPES[cfg.dtype]
+        self.ref_denoiser = None  # full fine-tuning only: a frozen copy for the KL reference
+        pipe.set_progress_bar_config(disable=True)
+        for name, comp in pipe.components.items():
+            if isinstance(comp, torch.nn.Module):
+                comp.requires_grad_(False)
+                p0 = next(comp.parameters(), None)
+                if p0 is not None and (p0.device != self.device or p0.dtype != self.weight_dtype):
+                    comp.to(self.device, dtype=self.weight_dtype)
+        self._setup_trainable()
+        if cfg.gradient_checkpointing and hasattr(self.denoiser, "enable_gradient_checkpointing"):
+            self.denoiser.enable_gradient_checkpointing()
+        if cfg.enable_xformers:
+            if self.device.type != "cuda":
+                raise ConfigError("'model.enable_xformers' needs a CUDA device; leave it false on CPU")
+            self.denoiser.enable_xformers_memory_efficient_attention()
+
+    # ---------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, cfg: ModelConfig, device="cpu") -> "Generator":
+        if not cfg.path:
+            raise ConfigError("'model.path' is empty; give a hub id or a local diffusers pipeline folder")
+        local = os.path.exists(cfg.path)
+        if not local and (cfg.path.startswith((".", "/", "~")) or os.sep in cfg.path.rstrip("/").split("/", 1)[-1]):
+            raise CheckpointError(f"model path '{cfg.path}' does not exist")
+        if local and not os.path.exists(os.path.join(cfg.path, "model_index.json")):
+            raise CheckpointError(f"'{cfg.path}' is not a diffusers pipeline folder (no model_index.json)")
+        pipe_cls = cls.pipe_class()
+        kwargs = dict(dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
+        if cfg.revision:
+            kwargs["revision"] = cfg.revision
+        if cfg.variant:
+            kwargs["variant"] = cfg.variant
+        kwargs.update(_null_components(pipe_cls, cfg))
+        kwargs.update(cls.extra_load_kwargs(cfg))
+        try:
+            pipe = pipe_cls.from_pretrained(cfg.path, **kwargs)
+        except (OSError, EnvironmentError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot load pipeline '{cfg.path}': {msg}") from None
+        return cls(pipe, cfg, device)
+
+    @classmethod
+    def extra_load_kwargs(cls, cfg: ModelConfig) -> Dict[str, Any]:
+        return {}
+
+    # ---------------------------------------------------------------------------------------------- parameters
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    def _setup_trainable(self) -> None:
+        lcfg = self.cfg.lora
+        if lcfg.rank == 0:  # full fine-tuning
+            self.denoiser.requires_grad_(True)
+            self.denoiser.to(dtype=torch.float32)
+            return
+        from peft import LoraConfig
+
+        targets = lcfg.target_modules or self.default_lora_targets
+        init = {"gaussian": "gaussian", "default": True, "pissa": "pissa"}[lcfg.init]
+        self.denoiser.add_adapter(
+            LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, target_modules=targets, init_lora_weights=init,
+                       lora_dropout=lcfg.dropout)
+        )
+        for p in self.denoiser.parameters():  # trainable LoRA weights in fp32 (mixed precision recipe)
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    @property
+    def is_lora(self) -> bool:
+        return self.cfg.lora.rank > 0
+
+    def trainable_parameters(self) -> List[torch.nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def named_trainable_parameters(self):
+        return [(n, p) for n, p in self.denoiser.named_parameters() if p.requires_grad]
+
+    def make_reference(self) -> None:
+        """For full fine-tuning with a KL term: keep a frozen copy (LoRA runs disable the adapter instead)."""
+        if not self.is_lora and self.ref_denoiser is None:
+            self.ref_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+
+    @contextlib.contextmanager
+    def reference(self, model=None):
+        """Yield the reference network: the same denoiser with its LoRA adapter disabled (no second copy)."""
+        if not self.is_lora:
+            if self.ref_denoiser is None:
+                raise RuntimeError("full fine-tuning KL needs make_reference() before training")
+            yield self.ref_denoiser
+            return
+        net = self.denoiser
+        net.disable_adapters()
+        try:
+            yield net
+        finally:
+            net.enable_adapters()
+
+    def lora_state_dict(self, model=None) -> Dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model or self.denoiser)
+
+    def save_lora(self, out_dir: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """Write ``pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(dir)`` reads."""
+        sd = state_dict if state_dict is not None else self.lora_state_dict()
+        sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+        type(self.pipe).save_lora_weights(out_dir, **{f"{self.denoiser_name}_lora_layers": sd}, safe_serialization=True)
+
+    def save_full(self, out_dir: str) -> None:
+        self.denoiser.save_pretrained(os.path.join(out_dir, self.denoiser_name), safe_serialization=True)
+
+    # ---------------------------------------------------------------------------------------------- family hooks
+    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def model_forward(self, model, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def latent_shape(self) -> tuple:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def schedule(self, num_steps: int, shift: Optional[float] = None) -> Schedule:
+        raise NotImplementedError
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    # ---------------------------------------------------------------------------------------------- shared logic
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        gens = sample_generators(seeds, "cpu", salt=0)
+        return per_sample_randn(self.latent_shape(), gens, "cpu").to(self.device)
+
+    def predict(self, model, x, t, cond, guidance_scale: float, detach_uncond: bool = False) -> torch.Tensor:
+        """The (CFG-guided) denoiser output at state x and timestep value t, in float32."""
+        n = x.shape[0]
+        tt = t.expand(n) if t.ndim == 0 else t
+        if self.uses_cfg(guidance_scale) and "neg" in cond:
+            x_in = torch.cat([x, x]).to(self.weight_dtype_for(model))
+            c_in = cat_cond([cond["neg"], cond["pos"]])
+            out = self.model_forward(model, x_in, torch.cat([tt, tt]), c_in).float()
+            uncond, text = out.chunk(2)
+            if detach_uncond:
+                uncond = uncond.detach()
+            return uncond + guidance_scale * (text - uncond)
+        return self.model_forward(model, x.to(self.weight_dtype_for(model)), tt, cond["pos"]).float()
+
+    def weight_dtype_for(self, model) -> torch.dtype:
+        return self.weight_dtype if self.is_lora else torch.float32
+
+    def kernel_step(self, out, x, i: int, sch: Schedule, scfg: SamplerConfig, stochastic: bool,
+                    prev_sample=None, noise=None) -> K.StepOut:
+        """One transition from state i to i+1 with the configured kernel (ODE / DDIM-η=0 when not stochastic)."""
+        if self.kind == "flow":
+            s, s_next = sch.sigmas[i], sch.sigmas[i + 1]
+            if not stochastic:
+                return K.flow_ode_step(out, x, s, s_next)
+            if scfg.kernel == "sde":
+                return K.flow_sde_step(out, x, s, s_next, scfg.noise_level, sigma_for_one=sch.sigmas[1],
+                                       prev_sample=prev_sample, noise=noise, reduce=scfg.logprob_reduce)
+            if scfg.kernel == "eta":
+                return K.flow_eta_step(out, x, s, s_next, scfg.eta, prev_sample=prev_sample, noise=noise,
+                                       reduce=scfg.logprob_reduce)
+            if scfg.kernel == "cps":
+                return K.flow_cps_step(out, x, s, s_next, scfg.noise_level, logprob=scfg.cps_logprob,
+                                       prev_sample=prev_sample, noise=noise, reduce=scfg.logprob_reduce)
+            raise ConfigError(f"'sampler.kernel' {scfg.kernel!r} is not valid for rectified-flow models; "
+                              "valid choices: cps, eta, ode, sde")
+        a, a_prev = sch.alphas[i], sch.alphas[i + 1]
+        if scfg.kernel not in ("ddim", "ode"):
+            raise ConfigError(f"'sampler.kernel' {scfg.kernel!r} is not valid for ε-prediction models; "
+                              "valid choices: ddim, ode")
+        eta = scfg.eta if stochastic else 0.0
+        return K.ddim_step(out, x, a, a_prev, eta, prediction_type=self.prediction_type, prev_sample=prev_sample,
+                           noise=noise, reduce=scfg.logprob_reduce)
+
+    prediction_type: str = "epsilon"
+
+    def stochastic_mask(self, num_steps: int, scfg: SamplerConfig, window_start: Optional[int]) -> torch.Tensor:
+        """Which steps use the stochastic kernel: all (default) or only an SDE window (window schemes)."""
+        m = torch.ones(num_steps, dtype=torch.bool)
+        if scfg.kernel == "ode":
+            m[:] = False
+        elif scfg.train_timesteps in ("window", "sliding_window") and window_start is not None:
+            m[:] = False
+            m[window_start : window_start + scfg.window_size] = True
+        if self.kind == "flow" and scfg.kernel == "cps":
+            m[-1] = False  # σ' = 0: deterministic last step
+        return m
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        scfg: SamplerConfig,
+        *,
+        num_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        stochastic: bool = True,
+        group_ids: Optional[torch.Tensor] = None,
+        noise_seeds: Optional[Sequence[int]] = None,
+        window_start: Optional[int] = None,
+        train_steps: Optional[torch.Tensor] = None,
+        store_means: bool = False,
+        decode: bool = True,
+        model=None,
+        cond: Optional[Dict[str, Any]] = None,
+    ) -> Rollout:
+        """Sample trajectories with per-step log-probs (NaN on deterministic steps).
+
+        ``seeds`` drive the per-step SDE noise of each sample; ``noise_seeds`` (default = ``seeds``) drive the
+        initial noise, so a group can share x_T (DanceGRPO's ``init_same_noise``) while its SDE noise differs.
+        """
+        model = model if model is not None else self.denoiser
+        T = num_steps or scfg.num_steps
+        g = scfg.guidance_scale if guidance_scale is None else guidance_scale
+        sch = self.schedule(T, scfg.shift)
+        if cond is None:
+            cond = self.encode(list(prompts), g)
+        x = self.initial_noise(noise_seeds if noise_seeds is not None else seeds).float()
+        gens = sample_generators(seeds, "cpu", salt=1)
+        mask = self.stochastic_mask(T, scfg, window_start) if stochastic else torch.zeros(T, dtype=torch.bool)
+        states = [x.cpu()]
+        log_probs = torch.full((x.shape[0], T), float("nan"))
+        means = [] if store_means else None
+        for i in range(T):
+            out = self.predict(model, x, sch.timesteps[i].to(self.device), cond, g)
+            noise = per_sample_randn(x.shape[1:], gens, "cpu").to(self.device) if mask[i] else None
+            st = self.kernel_step(out, x, i, sch, scfg, bool(mask[i]), noise=noise)
+            if st.log_prob is not None:
+                log_probs[:, i] = st.log_prob.cpu()
+            if means is not None:
+                means.append(st.mean.cpu())
+            x = st.prev_sample
+            states.append(x.cpu())
+        n = x.shape[0]
+        if train_steps is None:
+            train_steps = torch.nonzero(~torch.isnan(log_probs[0])).flatten().expand(n, -1)
+        return Rollout(
+            prompts=list(prompts),
+            seeds=list(seeds),
+            group_ids=group_ids if group_ids is not None else torch.arange(n),
+            cond=index_cond(cond, torch.arange(n)),
+            states=torch.stack(states, 1),
+            log_probs=log_probs,
+            means=torch.stack(means, 1) if means is not None else None,
+            train_steps=train_steps,
+            schedule=sch,
+            guidance_scale=g,
+            samples=self.decode(x) if decode else None,
+        )
+
+    def step_log_prob(self, model, ro: Rollout, step_idx: torch.Tensor, scfg: SamplerConfig, detach_uncond=False):
+        """Recompute log π_model(x_{j+1} | x_j) for sample n at step ``step_idx[n]`` → (log_prob, mean, std)."""
+        n = len(ro)
+        ar = torch.arange(n)
+        x = ro.states[ar, step_idx].to(self.device)
+        x_next = ro.states[ar, step_idx + 1].to(self.device)
+        sch = ro.schedule
+        uniq = torch.unique(step_idx)
+        if len(uniq) == 1:  # the common case: one step for the whole micro-batch
+            i = int(uniq[0])
+            out = self.predict(model, x, sch.timesteps[i].to(self.device), ro.cond, ro.guidance_scale, detach_uncond)
+            st = self.kernel_step(out, x, i, sch, scfg, True, prev_sample=x_next)
+            return st.log_prob, st.mean, st.std
+        t = sch.timesteps[step_idx].to(self.device)
+        out = self.predict(model, x, t, ro.cond, ro.guidance_scale, detach_uncond)
+        lps, mus, stds = [], [], []
+        for k in range(n):  # kernels take scalar σ per call; a per-sample loop over cheap arithmetic
+            i = int(step_idx[k])
+            st = self.kernel_step(out[k : k + 1], x[k : k + 1], i, sch, scfg, True, prev_sample=x_next[k : k + 1])
+            lps.append(st.log_prob)
+            mus.append(st.mean)
+            stds.append(st.std)
+        return torch.cat(lps), torch.cat(mus), torch.cat(stds)

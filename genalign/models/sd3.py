@@ -1,0 +1,96 @@
+"""Stable Diffusion 3 / 3.5 adapter (``StableDiffusion3Pipeline``): rectified flow, joint-attention transformer.
+
+Conditioning: the pipeline's own ``encode_prompt`` (CLIP-L + CLIP-G pooled, T5 sequence when present).
+LoRA default: Flow-GRPO's r=32, α=64 on the joint-attention projections (METHODS.md §3.8).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from ..registry import MODELS
+from .base import Generator, Schedule
+
+
+def flow_schedule(pipe, num_steps: int, shift: Optional[float], image_seq_len: int, device) -> Schedule:
+    """Sigmas exactly as the stock pipeline computes them (scheduler.set_timesteps, incl. dynamic shifting)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    sched = pipe.scheduler
+    if shift is not None:
+        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config, shift=shift)
+    else:
+        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config)
+    kwargs = {}
+    if sched.config.get("use_dynamic_shifting", False):
+        kwargs["mu"] = calculate_shift(
+            image_seq_len,
+            sched.config.get("base_image_seq_len", 256),
+            sched.config.get("max_image_seq_len", 4096),
+            sched.config.get("base_shift", 0.5),
+            sched.config.get("max_shift", 1.16),
+        )
+    sched.set_timesteps(num_steps, device="cpu", **kwargs)
+    return Schedule(timesteps=sched.timesteps.float().clone(), sigmas=sched.sigmas.float().clone())
+
+
+@MODELS.register("sd3")
+class SD3Generator(Generator):
+    family = "sd3"
+    kind = "flow"
+    denoiser_name = "transformer"
+    default_lora_targets = [
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    ]
+
+    @classmethod
+    def pipe_class(cls):
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    def latent_shape(self):
+        c = self.denoiser.config.in_channels
+        f = self.vae_scale_factor
+        return (c, self.cfg.height // f, self.cfg.width // f)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+        cfg = self.uses_cfg(guidance_scale)
+        pe, ne, pp, npool = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=cfg, negative_prompt=[""] * len(prompts) if cfg else None,
+        )
+        out = {"pos": {"enc": pe, "pooled": pp}}
+        if cfg:
+            out["neg"] = {"enc": ne, "pooled": npool}
+        return out
+
+    def model_forward(self, model, x, t, cond):
+        return model(hidden_states=x, timestep=t, encoder_hidden_states=cond["enc"],
+                     pooled_projections=cond["pooled"], return_dict=False)[0]
+
+    def schedule(self, num_steps: int, shift: Optional[float] = None) -> Schedule:
+        p = self.denoiser.config.patch_size
+        _, h, w = self.latent_shape()
+        return flow_schedule(self.pipe, num_steps, shift, (h // p) * (w // p), self.device)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        img = vae.decode(z, return_dict=False)[0].float()
+        return (img / 2 + 0.5).clamp(0, 1)
+
+    def stock_call(self, prompts, seeds, num_steps, guidance_scale, **kw):
+        """The stock pipeline's ``__call__`` on the same initial noise (for parity checks and benchmarks)."""
+        lat = self.initial_noise(seeds).to(self.weight_dtype)
+        return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
+                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt", **kw).images

@@ -1,0 +1,101 @@
+"""The reward protocol.
+
+A reward is a callable that scores a batch of generated samples::
+
+    scores = reward(samples, prompts, metadata)   # -> torch.Tensor of shape (N,), float32
+
+* ``samples`` — images as a float tensor (N, 3, H, W) in [0, 1], or waveforms (N, C, L) in [-1, 1].
+* ``prompts`` — list of N strings; ``metadata`` — list of N dicts (may carry labels, boxes, ...).
+* One score per sample; ``NaN`` means "not applicable to this sample" (e.g. an OCR reward on a prompt
+  without quoted text). Aggregation treats NaN as missing, never as a number.
+* ``scope`` — ``"sample"`` (each score depends on its sample only), ``"group"`` (on the samples of the same
+  prompt), or ``"set"`` (on the whole batch, gathered across processes, e.g. a Fréchet distance to an
+  exemplar set). The trainer calls ``group`` and ``set`` rewards on gathered batches.
+* ``differentiable`` — True when the score is a differentiable function of ``samples`` (usable for direct
+  reward back-propagation); such rewards must not detach or leave torch.
+* ``modality`` — ``"image"`` or ``"audio"``.
+
+Rewards never know which algorithm uses them. Heavy models load lazily on first call, on the device that
+``to(device)`` gave (the trainer calls it once).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+
+class Reward:
+    """Base class for rewards. Subclasses implement :meth:`score`."""
+
+    scope: str = "sample"  # sample | group | set
+    differentiable: bool = False
+    modality: str = "image"  # image | audio | any
+    registry_name: str = "reward"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "_name", None) or self.registry_name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    def to(self, device) -> "Reward":
+        self.device = torch.device(device)
+        return self
+
+    def score(self, samples: torch.Tensor, prompts: Sequence[str], metadata: Sequence[Dict[str, Any]]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        samples: torch.Tensor,
+        prompts: Sequence[str],
+        metadata: Optional[Sequence[Dict[str, Any]]] = None,
+    ) -> torch.Tensor:
+        if metadata is None:
+            metadata = [{} for _ in prompts]
+        if len(prompts) != samples.shape[0] or len(metadata) != samples.shape[0]:
+            raise ValueError(
+                f"reward '{self.name}': got {samples.shape[0]} samples, {len(prompts)} prompts, "
+                f"{len(metadata)} metadata entries"
+            )
+        if self.differentiable:
+            out = self.score(samples, prompts, metadata)
+        else:
+            with torch.no_grad():
+                out = self.score(samples.detach(), prompts, metadata)
+        out = out.float() if torch.is_tensor(out) else torch.as_tensor(out, dtype=torch.float32)
+        if out.shape != (samples.shape[0],):
+            raise ValueError(f"reward '{self.name}' returned shape {tuple(out.shape)}, expected ({samples.shape[0]},)")
+        return out
+
+
+def build_reward(name: str, args: Optional[Dict[str, Any]] = None) -> Reward:
+    """Instantiate a registered reward (or a dotted import path) with its config args."""
+    from ..config import check_kwargs
+    from ..registry import REWARDS
+
+    cls = REWARDS.get(name)
+    args = dict(args or {})
+    check_kwargs(cls, args, f"reward '{name}'")
+    obj = cls(**args)
+    if not callable(obj):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"reward '{name}' is not callable")
+    return obj
+
+
+def build_rewards(specs) -> List[Reward]:
+    out = []
+    for spec in specs:
+        r = build_reward(spec.name, spec.args)
+        r.weight = float(spec.weight)
+        out.append(r)
+    return out
