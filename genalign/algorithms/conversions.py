@@ -145,7 +145,9 @@ def vp_convert_prediction(
     return vp_x0_eps_to_pred(x0, eps, alpha, sigma, to_type)
 
 
-def vp_target(x0: torch.Tensor, noise: torch.Tensor, alpha: Scalar, sigma: Scalar, prediction_type: str) -> torch.Tensor:
+def vp_target(
+    x0: torch.Tensor, noise: torch.Tensor, alpha: Scalar, sigma: Scalar, prediction_type: str
+) -> torch.Tensor:
     """The training target of a VP model of the given prediction type."""
     return vp_x0_eps_to_pred(x0, noise, alpha, sigma, prediction_type)
 

@@ -260,6 +260,27 @@ class Generator:
         sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
         type(self.pipe).save_lora_weights(out_dir, **{f"{self.denoiser_name}_lora_layers": sd}, safe_serialization=True)
 
+    def load_lora_file(self, path: str, model=None) -> None:
+        """Load a diffusers-layout LoRA file (``pytorch_lora_weights.safetensors``) into the live adapter."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if os.path.isdir(path):
+            path = os.path.join(path, "pytorch_lora_weights.safetensors")
+        if not os.path.exists(path):
+            raise CheckpointError(f"LoRA weights '{path}' do not exist")
+        try:
+            sd = load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
+            raise CheckpointError(f"LoRA weights '{path}' are corrupt or unreadable: {e}") from None
+        prefix = f"{self.denoiser_name}."
+        sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+        res = set_peft_model_state_dict(model or self.denoiser, sd)
+        missing = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
+        if missing:
+            raise CheckpointError(f"LoRA weights '{path}' do not match this model ({len(missing)} unexpected keys, "
+                                  f"e.g. {missing[0]})")
+
     def save_full(self, out_dir: str) -> None:
         self.denoiser.save_pretrained(os.path.join(out_dir, self.denoiser_name), safe_serialization=True)
 

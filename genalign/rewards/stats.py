@@ -45,37 +45,57 @@ def psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
 
 
-def _trace_sqrt_product(sqrt_r: torch.Tensor, sigma_g: torch.Tensor) -> torch.Tensor:
-    """Tr((Σ_g Σ_r)^{½}) = Tr((Σ_r^{½} Σ_g Σ_r^{½})^{½}); ``sigma_g`` may be batched (..., d, d)."""
-    m = sqrt_r @ sigma_g @ sqrt_r
+def psd_factor(sigma: torch.Tensor) -> torch.Tensor:
+    """Some F with F Fᵀ = Σ: the Cholesky factor, or the symmetric square root when Σ is singular."""
+    sigma = (sigma + sigma.T) / 2
+    chol, info = torch.linalg.cholesky_ex(sigma)
+    return chol if int(info) == 0 else psd_sqrt(sigma)
+
+
+def _sum_sqrt_eig(m: torch.Tensor) -> torch.Tensor:
     m = (m + m.transpose(-1, -2)) / 2
     return torch.linalg.eigvalsh(m).clamp_min(0).sqrt().sum(-1)
 
 
-def frechet_distance_from_stats(mu_g, sigma_g, mu_r, sigma_r, eps: float = 0.0, sqrt_r: Optional[torch.Tensor] = None):
-    """FD between Gaussians N(mu_g, sigma_g) and N(mu_r, sigma_r); ``sigma_g``/``mu_g`` may be batched."""
+def trace_sqrt_product(factor_g: torch.Tensor, sigma_r: torch.Tensor) -> torch.Tensor:
+    """Tr((Σ_g Σ_r)^{½}) for Σ_g = F Fᵀ: the eigenvalues of Σ_g Σ_r equal those of the symmetric PSD
+    matrix Fᵀ Σ_r F (plus zeros), so the trace is Σ sqrt(max(λ, 0)) — real and finite for any rank.
+    ``F`` may be (d, k) with k < d (e.g. centred data / sqrt(n − 1)), which makes this cheap for small sets."""
+    return _sum_sqrt_eig(factor_g.transpose(-1, -2) @ sigma_r @ factor_g)
+
+
+def frechet_distance_from_stats(mu_g, sigma_g, mu_r, sigma_r, eps: float = 0.0, factor_g=None):
+    """FD between Gaussians N(mu_g, sigma_g) and N(mu_r, sigma_r).
+
+    ``factor_g`` (F with F Fᵀ = sigma_g, before eps) may be given to skip factorising sigma_g."""
     mu_g, sigma_g, mu_r, sigma_r = map(_f64, (mu_g, sigma_g, mu_r, sigma_r))
     d = sigma_r.shape[-1]
     if eps:
         eye = torch.eye(d, dtype=_DT, device=sigma_r.device)
         sigma_g = sigma_g + eps * eye
         sigma_r = sigma_r + eps * eye
-        sqrt_r = None
-    if sqrt_r is None:
-        sqrt_r = psd_sqrt(sigma_r)
+        factor_g = None
+    if factor_g is None:
+        factor_g = psd_factor(sigma_g)
     diff = ((mu_g - mu_r) ** 2).sum(-1)
-    tr = torch.diagonal(sigma_g, dim1=-2, dim2=-1).sum(-1) + torch.trace(sigma_r)
-    return diff + tr - 2 * _trace_sqrt_product(sqrt_r, sigma_g)
+    tr = torch.trace(sigma_g) + torch.trace(sigma_r)
+    return diff + tr - 2 * trace_sqrt_product(_f64(factor_g), sigma_r)
 
 
 def frechet_distance(gen: torch.Tensor, ref: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """FD between the feature sets ``gen`` (n, d) and ``ref`` (m, d), a float64 scalar tensor.
 
     Use ``eps > 0`` (e.g. 1e-6) when n or m is below d; without it the result is still real and finite.
+    When n − 1 ≤ d the generated covariance is factorised by its centred data (no d×d decomposition).
     """
+    gen = _f64(gen)
     mu_g, s_g = mean_cov(gen)
     mu_r, s_r = mean_cov(ref)
-    return frechet_distance_from_stats(mu_g, s_g, mu_r, s_r, eps=eps)
+    n, d = gen.shape
+    factor = None
+    if not eps and n - 1 <= d:
+        factor = (gen - mu_g).T / (n - 1) ** 0.5
+    return frechet_distance_from_stats(mu_g, s_g, mu_r, s_r, eps=eps, factor_g=factor)
 
 
 def loo_mean_cov(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -97,20 +117,51 @@ def loo_mean_cov(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def frechet_distance_loo(gen: torch.Tensor, ref: torch.Tensor, eps: float = 0.0, chunk: int = 64) -> torch.Tensor:
-    """(n,) FD(gen without sample i, ref) for every i, computed in chunks of batched eigendecompositions."""
+    """(n,) FD(gen without sample i, ref) for every i (n ≥ 3).
+
+    Means and traces use rank-one downdates. For Tr((Σ₋ᵢ Σ_r)^{½}):
+    * small sets (n − 2 ≤ d, eps = 0): Σ₋ᵢ = G Gᵀ with G the centred leave-one-out data / sqrt(n − 2), so the
+      eigenvalues come from (n−1)×(n−1) matrices C T₋ᵢ C / (n − 2), T = X Σ_r Xᵀ, C the centring matrix;
+    * otherwise: with Σ_r = L Lᵀ, Lᵀ Σ₋ᵢ L = (Lᵀ S L − n/(n−1)·u uᵀ)/(n − 2) (+ eps·LᵀL), u = Lᵀ(x_i − μ):
+      batched d×d eigenvalue problems, ``chunk`` at a time.
+    """
     gen = _f64(gen)
+    n, d = gen.shape
+    if n < 3:
+        raise ValueError(f"leave-one-out statistics need at least 3 samples, got {n}")
     mu_r, s_r = mean_cov(ref)
-    d = s_r.shape[0]
+    eye = torch.eye(d, dtype=_DT, device=gen.device)
     if eps:
-        s_r = s_r + eps * torch.eye(d, dtype=_DT, device=s_r.device)
-    sqrt_r = psd_sqrt(s_r)
-    mus, covs = loo_mean_cov(gen)
-    if eps:
-        covs = covs + eps * torch.eye(d, dtype=_DT, device=covs.device)
+        s_r = s_r + eps * eye
+    mu, cov = mean_cov(gen)
+    s = cov * (n - 1)
+    dx = gen - mu
+    c = n / (n - 1)
+    mus = (n * mu - gen) / (n - 1)
+    diff = ((mus - mu_r) ** 2).sum(-1)
+    tr_g = (torch.trace(s) - c * (dx ** 2).sum(-1)) / (n - 2) + (eps * d if eps else 0.0)
+    tr = tr_g + torch.trace(s_r)
     out = []
-    for i in range(0, gen.shape[0], chunk):
-        out.append(frechet_distance_from_stats(mus[i : i + chunk], covs[i : i + chunk], mu_r, s_r, sqrt_r=sqrt_r))
-    return torch.cat(out)
+    if not eps and n - 2 <= d:
+        t = gen @ s_r @ gen.T  # (n, n)
+        idx = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, n)]) for i in range(n)]).to(gen.device)
+        cm = torch.eye(n - 1, dtype=_DT, device=gen.device) - 1.0 / (n - 1)
+        for i in range(0, n, chunk):
+            sub = idx[i : i + chunk]
+            ti = t[sub.unsqueeze(2), sub.unsqueeze(1)]
+            out.append(_sum_sqrt_eig(cm @ ti @ cm / (n - 2)))
+    else:
+        l = psd_factor(s_r)
+        lsl = l.T @ s @ l
+        ltl = l.T @ l
+        u = dx @ l  # rows u_iᵀ = (x_i − μ)ᵀ L
+        for i in range(0, n, chunk):
+            ui = u[i : i + chunk]
+            m = (lsl.unsqueeze(0) - c * ui.unsqueeze(2) * ui.unsqueeze(1)) / (n - 2)
+            if eps:
+                m = m + eps * ltl
+            out.append(_sum_sqrt_eig(m))
+    return diff + tr - 2 * torch.cat(out)
 
 
 def kid_kernel(a: torch.Tensor, b: torch.Tensor, degree: int = 3, gamma: Optional[float] = None, coef0: float = 1.0):

@@ -51,3 +51,118 @@ def build_tiny_sd3(out_dir: str, seed: int = 0) -> str:
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- T5
+_T5_WORDS = (
+    "a an the of on in with and photo picture painting drawing image cat dog horse bird astronaut robot car tree "
+    "house red blue green yellow black white small large tiny big handwritten digit zero one two three four five "
+    "six seven eight nine riding sitting running beach moon city forest night day bright dark"
+).split()
+
+
+def build_t5_tokenizer(out_dir: str, vocab_size: int = 160):
+    """A small Unigram tokenizer (T5-style: Metaspace pre-tokenizer, ``</s>`` appended, ``<pad>`` id 0) trained
+    offline with the ``tokenizers`` library on a fixed word list and wrapped in ``T5TokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    corpus = []
+    for i in range(len(_T5_WORDS)):  # deterministic pseudo-sentences over the word list
+        corpus.append(" ".join(_T5_WORDS[(i * k) % len(_T5_WORDS)] for k in range(1, 8)))
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(corpus * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    t5 = T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0,
+                         model_max_length=512)
+    os.makedirs(out_dir, exist_ok=True)
+    t5.save_pretrained(out_dir)
+    return T5TokenizerFast.from_pretrained(out_dir)
+
+
+def _t5_encoder(vocab: int, d_model=32, seed=0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=32, decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=1)
+    return T5EncoderModel(cfg)
+
+
+def build_tiny_flux(out_dir: str, seed: int = 0, guidance_embeds: bool = True) -> str:
+    """FLUX.1-dev-shaped pipeline: CLIP-L pooled + T5 sequence, packed 2×2 latents, embedded guidance,
+    dynamic time shifting (the FLUX.1-dev scheduler config)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    tok = build_clip_tokenizer(os.path.join(out_dir, "_tok"))
+    tok2 = build_t5_tokenizer(os.path.join(out_dir, "_tok2"))
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 4, 8))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=_vae(4, seed, shift=0.1, blocks=(8, 16)),
+                        text_encoder=_clip_text(32, False, seed=seed), tokenizer=tok,
+                        text_encoder_2=_t5_encoder(len(tok2), 32, seed=seed + 1), tokenizer_2=tok2,
+                        transformer=transformer)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- SD / SDXL
+def _unet(cross_dim: int, seed=0, sdxl=False, prediction_type="epsilon"):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    kw = {}
+    if sdxl:  # pooled text embeds (text_encoder_2 projection) + 6 micro-conditioning time ids
+        kw = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
+                  projection_class_embeddings_input_dim=32 + 6 * 8, use_linear_projection=True)
+    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_dim,
+                                attention_head_dim=(2, 4), norm_num_groups=8, **kw)
+
+
+def _ddim(prediction_type="epsilon"):
+    from diffusers import DDIMScheduler
+
+    # the SD1.5 / SDXL scheduler configs (scaled-linear betas, leading spacing, offset 1, ᾱ_final = ᾱ_0)
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                         prediction_type=prediction_type)
+
+
+def build_tiny_sd15(out_dir: str, seed: int = 0, prediction_type: str = "epsilon") -> str:
+    """SD1.5-shaped ``StableDiffusionPipeline`` (no safety checker); ``prediction_type`` "v_prediction" = SD2-style."""
+    from diffusers import StableDiffusionPipeline
+
+    tok = build_clip_tokenizer(os.path.join(out_dir, "_tok"))
+    pipe = StableDiffusionPipeline(vae=_vae(4, seed, blocks=(8, 16)), text_encoder=_clip_text(32, False, seed=seed),
+                                   tokenizer=tok, unet=_unet(32, seed, prediction_type=prediction_type),
+                                   scheduler=_ddim(prediction_type), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def build_tiny_sdxl(out_dir: str, seed: int = 0) -> str:
+    """SDXL-shaped pipeline: CLIP-L hidden states ⊕ CLIP-G hidden states, pooled CLIP-G text_embeds + time ids."""
+    from diffusers import StableDiffusionXLPipeline
+
+    tok = build_clip_tokenizer(os.path.join(out_dir, "_tok"))
+    pipe = StableDiffusionXLPipeline(vae=_vae(4, seed, blocks=(8, 16)), text_encoder=_clip_text(32, False, seed=seed),
+                                     text_encoder_2=_clip_text(32, True, seed=seed + 1), tokenizer=tok,
+                                     tokenizer_2=tok, unet=_unet(64, seed, sdxl=True), scheduler=_ddim(),
+                                     add_watermarker=False)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

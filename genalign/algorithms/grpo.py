@@ -1,0 +1,152 @@
+"""GRPO for diffusion and flow models: Flow-GRPO (Liu et al., arXiv 2505.05470), Diffusion GRPO / DDPO
+(Black et al., arXiv 2305.13301) and DanceGRPO options (Xue et al., arXiv 2505.07818). METHODS.md §3.
+
+Per trajectory i and trained step j:
+  r_ij = exp(log π_θ(x_{j+1}|x_j) − log π_old(x_{j+1}|x_j))
+  L_clip = mean_ij max(−A_i r_ij, −A_i clip(r_ij, 1−ε, 1+ε))                    (PPO-clip, §3.2)
+  KL_j   = mean_d (μ_θ − μ_ref)² / (2 s_t²)     [kl_form="flow_grpo": the code form = exact KL × |dt|]
+         = mean_d (μ_θ − μ_ref)² / (2 s_t² |dt|) [kl_form="exact"]                 (§3.3)
+  L = L_clip + β·KL, with μ_ref from the same network with the LoRA adapter disabled.
+
+GRPO-Guard (``guard=True``, §3.6): r̃ = exp(s·(log π_θ − log π_old + mean_d δ²/(2s²))), δ = μ_θ − μ_old,
+s = the transition std, and the clipped loss is divided by |dt|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..registry import ALGORITHMS
+from .advantages import PerPromptStatTracker, aggregate_rewards, combined_advantages
+from .base import Algorithm
+
+
+@ALGORITHMS.register("grpo")
+@dataclass
+class GRPO(Algorithm):
+    clip_range: float = field(default=1e-4, metadata={"help": "PPO clip ε (stated for mean-reduced log-probs)."})
+    clip_range_low: Optional[float] = field(default=None, metadata={"help": "Asymmetric lower clip (else ε)."})
+    clip_range_high: Optional[float] = field(default=None, metadata={"help": "Asymmetric upper clip (else ε)."})
+    beta: float = field(default=0.0, metadata={"help": "KL weight to the reference (adapter disabled)."})
+    kl_form: str = field(default="flow_grpo", metadata={"help": "flow_grpo (code form, ×|dt|) | exact."})
+    adv_std: str = field(default="global", metadata={"help": "Advantage std over: global | group | batch | buffer."})
+    adv_eps: float = field(default=1e-4, metadata={"help": "Epsilon added to the std."})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "Advantages clipped to ±A_max."})
+    adv_unbiased_std: bool = field(default=False, metadata={"help": "Unbiased std (DanceGRPO) vs population."})
+    drop_zero_std_groups: bool = field(default=False, metadata={"help": "Drop groups whose rewards are all equal."})
+    buffer_size: int = field(default=16, metadata={"help": "adv_std=buffer: per-prompt buffer (DDPO)."})
+    buffer_min_count: int = field(default=16, metadata={"help": "adv_std=buffer: min rewards before using it."})
+    best_of_n: int = field(default=0, metadata={"help": "DanceGRPO: train only the top n/2 + bottom n/2 per group."})
+    guard: bool = field(default=False, metadata={"help": "GRPO-Guard ratio normalisation and 1/|dt| reweighting."})
+
+    def __post_init__(self):
+        from ..errors import ConfigError, choices
+
+        if self.kl_form not in ("flow_grpo", "exact"):
+            raise ConfigError(f"'algorithm.kl_form' is '{self.kl_form}'; valid choices: exact, flow_grpo")
+        valid = ("global", "group", "batch", "buffer")
+        if self.adv_std not in valid:
+            raise ConfigError(f"'algorithm.adv_std' is '{self.adv_std}'; valid choices: {choices(valid)}")
+        if self.clip_range <= 0:
+            raise ConfigError(f"'algorithm.clip_range' must be > 0, got {self.clip_range}")
+        if self.beta < 0:
+            raise ConfigError(f"'algorithm.beta' must be >= 0, got {self.beta}")
+        self._tracker = PerPromptStatTracker(self.buffer_size, self.buffer_min_count) if self.adv_std == "buffer" else None
+
+    @property
+    def store_means(self) -> bool:  # GRPO-Guard needs μ_old
+        return self.guard
+
+    def setup(self, ctx) -> None:
+        if self.beta > 0:
+            ctx.generator.make_reference()
+
+    # -------------------------------------------------------------------------------- advantages
+    def advantages(self, per_reward, weights, group_ids, prompts, mode):
+        if self._tracker is not None:
+            adv = self._tracker.update(prompts, aggregate_rewards(per_reward, weights), self.adv_eps, self.adv_clip_max)
+            return adv, {"zero_std_ratio": 0.0}, torch.ones_like(adv, dtype=torch.bool)
+        adv, st = combined_advantages(per_reward, weights, group_ids, mode=mode, std=self.adv_std, eps=self.adv_eps,
+                                      clip=self.adv_clip_max, unbiased=self.adv_unbiased_std)
+        keep = torch.ones_like(adv, dtype=torch.bool)
+        if self.drop_zero_std_groups:
+            keep &= ~st["_zero_mask"]
+        if self.best_of_n > 0:
+            keep &= best_of_n_mask(adv, group_ids, self.best_of_n)
+        return adv, {"zero_std_ratio": st["zero_std_ratio"]}, keep
+
+    # -------------------------------------------------------------------------------- loss
+    def units(self, mb) -> int:
+        return int(mb.train_steps.shape[1])
+
+    def losses(self, ctx, mb, adv):
+        gen, scfg = ctx.generator, ctx.cfg.sampler
+        lo = self.clip_range_low if self.clip_range_low is not None else self.clip_range
+        hi = self.clip_range_high if self.clip_range_high is not None else self.clip_range
+        n = len(mb)
+        ar = torch.arange(n)
+        for k in range(mb.train_steps.shape[1]):
+            j = mb.train_steps[:, k]
+            lp, mu, std = gen.step_log_prob(ctx.model, mb, j, scfg, detach_uncond=scfg.detach_uncond)
+            old_lp = mb.log_probs[ar, j].to(lp.device)
+            a = adv.to(lp.device)
+            log_ratio = lp - old_lp
+            if self.guard:
+                mu_old = mb.means[ar, j].to(mu.device)
+                d2 = ((mu - mu_old) ** 2).flatten(1).mean(1).detach()
+                s = std.to(lp.device)
+                ratio = torch.exp(s * (log_ratio + d2 / (2 * s**2)))
+            else:
+                ratio = torch.exp(log_ratio)
+            unclipped = -a * ratio
+            clipped = -a * torch.clamp(ratio, 1.0 - lo, 1.0 + hi)
+            per_sample = torch.maximum(unclipped, clipped)
+            dt = step_dt(mb.schedule, j, gen.kind).to(lp.device)
+            if self.guard and gen.kind == "flow":
+                per_sample = per_sample / dt
+            loss = per_sample.mean()
+            stats = {
+                "clipfrac": float(((ratio - 1).abs() > self.clip_range).float().mean()),
+                "approx_kl": float(0.5 * (log_ratio.detach() ** 2).mean()),
+                "ratio": float(ratio.detach().mean()),
+                "policy_loss": float(loss.detach()),
+            }
+            if self.beta > 0:
+                with torch.no_grad(), ctx.accelerator.autocast(), gen.reference() as ref:
+                    _, mu_ref, _ = gen.step_log_prob(ref, mb, j, scfg)
+                s2 = std.to(mu.device) ** 2
+                kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * s2)
+                if self.kl_form == "flow_grpo" and gen.kind == "flow":
+                    kl = kl * dt  # the reference code divides by s_t² only, i.e. exact KL × |dt|
+                kl = kl.mean()
+                loss = loss + self.beta * kl
+                stats["kl"] = float(kl.detach())
+            else:
+                stats["kl"] = 0.0
+            yield loss, stats
+
+    def state_dict(self):
+        return {}
+
+
+def step_dt(schedule, j: torch.Tensor, kind: str) -> torch.Tensor:
+    """|dt| of step j for flow models (σ_j − σ_{j+1}); 1 for VP models."""
+    if kind != "flow":
+        return torch.ones(j.shape[0])
+    s = schedule.sigmas
+    return (s[j] - s[j + 1]).abs().float()
+
+
+def best_of_n_mask(adv: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """DanceGRPO best-of-n: keep the n/2 highest and n/2 lowest advantages of each group."""
+    keep = torch.zeros_like(adv, dtype=torch.bool)
+    half = max(n // 2, 1)
+    for g in torch.unique(group_ids):
+        idx = torch.nonzero(group_ids == g).flatten()
+        order = idx[torch.argsort(adv[idx])]
+        keep[order[:half]] = True
+        keep[order[-half:]] = True
+    return keep

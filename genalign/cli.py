@@ -1,0 +1,217 @@
+"""Command line: ``genalign train | sample | export | eval | serve-reward``.
+
+    genalign train [CONFIG.yaml] [key=value ...]       # no CONFIG: the embedded toy quickstart
+    accelerate launch -m genalign train CONFIG.yaml     # the same, distributed
+    genalign sample --model PATH --prompt "a cat" --seeds 0 1 2 3 [--lora CKPT] --out DIR
+    genalign export CHECKPOINT --out DIR [--fuse] [--ema]
+    genalign eval CONFIG.yaml [--checkpoint CKPT] [--out metrics.json]
+    genalign eval --benchmark screenspot-v2 --data DIR --model PATH   # GUI grounding evaluator
+    genalign serve-reward NAME [--port P] [--arg key=value ...]
+
+User errors (bad config, unknown names, missing or corrupt files) print one line ``genalign: error: ...`` and
+exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .errors import GenalignError
+
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy",
+                              "flow_grpo.yaml")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention)
+        raise GenalignError(f"{self.prog}: {message}")
+
+
+def _split_config_and_overrides(items: List[str]):
+    config, overrides = None, []
+    for it in items:
+        if "=" in it and not it.endswith((".yaml", ".yml")):
+            overrides.append(it)
+        elif config is None:
+            config = it
+        else:
+            raise GenalignError(f"unexpected argument '{it}': give one CONFIG file and key=value overrides")
+    return config, overrides
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+
+    config, overrides = _split_config_and_overrides(args.items)
+    if config is None:
+        config = DEFAULT_RECIPE
+        if not os.path.exists(config):
+            raise GenalignError(f"no CONFIG given and the embedded default recipe '{config}' is missing")
+        print(f"genalign: no config given; using the embedded toy recipe {config}", flush=True)
+    cfg = load_config(config, overrides)
+    if cfg.task == "gui":
+        from .gui.train import run
+
+        run(cfg)
+        return 0
+    from .trainer import train
+
+    train(cfg)
+    return 0
+
+
+def _load_generator(model: str, family: Optional[str], height: int, width: int, dtype: str, device: str,
+                    lora_rank: int = 0):
+    from .config import ModelConfig
+    from .registry import MODELS
+
+    fam = family or _guess_family(model)
+    mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype)
+    mcfg.lora.rank = 0
+    gen = MODELS.get(fam).load(mcfg, device=device)
+    return gen
+
+
+def _guess_family(model: str) -> str:
+    import json
+
+    from .errors import ConfigError
+
+    index = os.path.join(model, "model_index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            cls = json.load(f).get("_class_name", "")
+        table = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "StableDiffusionPipeline": "sd",
+                 "StableDiffusionXLPipeline": "sdxl"}
+        if cls in table:
+            return table[cls]
+    raise ConfigError(f"cannot tell the model family of '{model}'; pass --family (sd3, flux, sd, sdxl)")
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .config import SamplerConfig
+    from .io import read_prompts
+    from .sampling import sample_to_dir
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += read_prompts(args.prompts)
+    if not prompts:
+        raise GenalignError("give --prompt TEXT (repeatable) or --prompts FILE")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
+    if args.lora:
+        from .export import LORA_FILE
+
+        path = args.lora if args.lora.endswith(".safetensors") else os.path.join(args.lora, LORA_FILE)
+        if not os.path.exists(path):
+            raise GenalignError(f"LoRA weights '{path}' do not exist")
+        try:
+            gen.pipe.load_lora_weights(path)
+        except Exception as e:  # noqa: BLE001 - diffusers raises various types for corrupt/mismatched files
+            raise GenalignError(f"cannot load LoRA '{path}': {str(e).splitlines()[0]}") from None
+    scfg = SamplerConfig(num_steps=args.steps, eval_num_steps=args.steps, guidance_scale=args.guidance,
+                         kernel="ddim" if gen.kind == "vp" else "sde")
+    rewards = []
+    if args.reward:
+        from .rewards.base import build_reward
+
+        rewards = [build_reward(n).to(device) for n in args.reward]
+    recs = sample_to_dir(gen, prompts, args.seeds, scfg, args.out, num_steps=args.steps,
+                         guidance_scale=args.guidance, rewards=rewards)
+    print(f"genalign: wrote {len(recs)} samples and grid.png to {os.path.abspath(args.out)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.checkpoint, args.out, fuse=args.fuse, model=args.model, ema=args.ema, overwrite=args.overwrite)
+    print(f"genalign: exported {'pipeline' if args.fuse else 'LoRA'} to {os.path.abspath(out)}")
+    return 0
+
+
+def cmd_serve_reward(rest: List[str]) -> int:
+    from .rewards.remote import serve_main
+
+    return serve_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genalign", description="Fine-tune diffusers generators with rewards.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    t = sub.add_parser("train", help="train from a YAML recipe (default: the toy quickstart)")
+    t.add_argument("items", nargs="*", help="CONFIG.yaml and key=value overrides")
+    s = sub.add_parser("sample", help="sample PNGs + grid from a pipeline (optionally with a LoRA)")
+    s.add_argument("--model", required=True, help="hub id or local pipeline folder")
+    s.add_argument("--family", choices=["sd3", "flux", "sd", "sdxl"])
+    s.add_argument("--lora", help="checkpoint/export folder or .safetensors file")
+    s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    s.add_argument("--steps", type=int, default=28)
+    s.add_argument("--guidance", type=float, default=4.5)
+    s.add_argument("--height", type=int, default=512)
+    s.add_argument("--width", type=int, default=512)
+    s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    s.add_argument("--device")
+    s.add_argument("--reward", action="append", help="score samples with this reward (repeatable)")
+    s.add_argument("--out", required=True)
+    e = sub.add_parser("export", help="checkpoint -> diffusers LoRA folder, or --fuse -> full pipeline")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True)
+    e.add_argument("--fuse", action="store_true", help="fuse the LoRA and save a full pipeline")
+    e.add_argument("--model", help="base pipeline (default: the one the run trained)")
+    e.add_argument("--ema", action="store_true", help="export the EMA weights")
+    e.add_argument("--overwrite", action="store_true")
+    v = sub.add_parser("eval", help="score a model over a prompt set, or a GUI benchmark (--benchmark)")
+    v.add_argument("config", nargs="?", help="a training recipe (its model, rewards and eval prompts)")
+    v.add_argument("--checkpoint", help="a checkpoint or LoRA folder to evaluate")
+    v.add_argument("--prompts", help="prompts file (default: the recipe's eval prompts)")
+    v.add_argument("--seeds", type=int, nargs="+")
+    v.add_argument("--out", help="metrics.json path")
+    v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
+    sub.add_parser("serve-reward", help="serve a reward model over HTTP on loopback", add_help=False)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "serve-reward":
+            return cmd_serve_reward(argv[1:])
+        if argv and argv[0] == "eval" and "--benchmark" in argv:
+            from .gui.cli import eval_main
+
+            return eval_main(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "sample":
+            return cmd_sample(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "eval":
+            from .evaluate import evaluate_main
+
+            return evaluate_main(args)
+        return 2
+    except GenalignError as e:
+        print(f"genalign: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

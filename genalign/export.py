@@ -1,0 +1,93 @@
+"""``genalign export``: a training checkpoint -> a diffusers LoRA folder, or (``--fuse``) a full pipeline.
+
+Both outputs load with stock diffusers: ``pipe.load_lora_weights(out)`` and
+``DiffusionPipeline.from_pretrained(out)``; weights are safetensors; a model card (README.md) records the base
+model, the run's algorithm and rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Optional
+
+import yaml
+
+from .errors import CheckpointError
+from .io import atomic_directory, atomic_write_text
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def read_checkpoint_state(ckpt: str) -> dict:
+    if not os.path.isdir(ckpt):
+        raise CheckpointError(f"checkpoint '{ckpt}' does not exist")
+    try:
+        with open(os.path.join(ckpt, "trainer_state.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"'{ckpt}' is not a genalign checkpoint (no trainer_state.json)") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint '{ckpt}' has a corrupt trainer_state.json") from None
+
+
+def _run_config(ckpt: str) -> dict:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "config.yaml")
+    if os.path.exists(path):
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    return {}
+
+
+def model_card(base: str, family: str, run_cfg: dict, fused: bool) -> str:
+    alg = (run_cfg.get("algorithm") or {}).get("name", "?")
+    rewards = ", ".join(r.get("name", "?") for r in run_cfg.get("rewards", []) or []) or "?"
+    how = ("DiffusionPipeline.from_pretrained(path)" if fused else
+           f"pipe = DiffusionPipeline.from_pretrained('{base}'); pipe.load_lora_weights(path)")
+    return (f"---\nlibrary_name: diffusers\nbase_model: {base}\ntags: [genalign, {alg}]\n---\n\n"
+            f"# genalign export\n\n- base model: `{base}` ({family})\n- algorithm: `{alg}`\n- rewards: {rewards}\n"
+            f"- format: {'full pipeline (LoRA fused)' if fused else 'diffusers LoRA'}\n\n"
+            f"Load with:\n\n```python\nfrom diffusers import DiffusionPipeline\n{how}\n```\n")
+
+
+def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None, ema: bool = False,
+           overwrite: bool = False) -> str:
+    from .config import ModelConfig
+    from .registry import MODELS
+
+    state = read_checkpoint_state(ckpt)
+    run_cfg = _run_config(ckpt)
+    base = model or state.get("base_model")
+    family = state.get("family") or (run_cfg.get("model") or {}).get("family", "sd3")
+    src = os.path.join(ckpt, "ema") if ema else ckpt
+    if ema and not os.path.isdir(src):
+        raise CheckpointError(f"checkpoint '{ckpt}' has no EMA weights (train.ema.decay was 0)")
+    if os.path.exists(out) and os.listdir(out) and not overwrite:
+        raise CheckpointError(f"export folder '{out}' is not empty; pass --overwrite to replace it")
+    is_lora = state.get("lora", True)
+    if is_lora and not os.path.exists(os.path.join(src, LORA_FILE)):
+        raise CheckpointError(f"checkpoint '{src}' has no {LORA_FILE}")
+    with atomic_directory(out) as tmp:
+        if not fuse and is_lora:
+            shutil.copy2(os.path.join(src, LORA_FILE), os.path.join(tmp, LORA_FILE))
+        else:
+            gen_cls = MODELS.get(family)
+            mcfg = ModelConfig(**{k: v for k, v in (run_cfg.get("model") or {}).items() if k in ("family", "revision", "variant", "trust_remote_code")})
+            mcfg.path = base
+            pipe_cls = gen_cls.pipe_class()
+            from .models.base import _null_components
+
+            pipe = pipe_cls.from_pretrained(base, use_safetensors=True, **_null_components(pipe_cls, mcfg))
+            if is_lora:
+                pipe.load_lora_weights(src)
+                pipe.fuse_lora()
+                pipe.unload_lora_weights()
+            else:
+                name = gen_cls.denoiser_name
+                comp = getattr(pipe, name)
+                setattr(pipe, name, type(comp).from_pretrained(os.path.join(src, name)))
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            fuse = True
+        atomic_write_text(os.path.join(tmp, "README.md"), model_card(base, family, run_cfg, fuse))
+    return out
