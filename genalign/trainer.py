@@ -268,28 +268,36 @@ class Trainer:
                         losses.append(float(loss.detach()))
                         for k, v in st.items():
                             stats_acc.setdefault(k, []).append(v)
-                if float(acc.reduce(nonfinite, "sum")) > 0:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.counters["skipped_nonfinite_loss"] += 1
-                    continue
-                if cfg.train.max_grad_norm > 0:
-                    gn = acc.clip_grad_norm_(self.generator.trainable_parameters(), cfg.train.max_grad_norm)
-                    stats_acc.setdefault("grad_norm", []).append(float(gn))
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.optimizer_step += 1
-                if self.ema is not None:
-                    self.ema.step(self.optimizer_step)
+                self.apply_optimizer_step(nonfinite, stats_acc)
         out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
         out["loss"] = float(np.mean(losses)) if losses else float("nan")
         return out
+
+    def apply_optimizer_step(self, nonfinite: torch.Tensor, stats_acc: Dict[str, List[float]]) -> bool:
+        """Clip, step, zero grads and update the EMA — unless any process saw a non-finite loss, in which case
+        the step is skipped on every process and counted. Returns whether the step was taken."""
+        acc, cfg = self.accelerator, self.cfg
+        if float(acc.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.counters["skipped_nonfinite_loss"] += 1
+            return False
+        if cfg.train.max_grad_norm > 0:
+            gn = acc.clip_grad_norm_(self.generator.trainable_parameters(), cfg.train.max_grad_norm)
+            stats_acc.setdefault("grad_norm", []).append(float(gn))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+        if self.ema is not None:
+            self.ema.step(self.optimizer_step)
+        return True
 
     # ================================================================================================ loop
     def train(self) -> Dict[str, Any]:
         from tqdm.auto import tqdm
 
-        self.setup()
+        if not hasattr(self, "accelerator"):
+            self.setup()
         cfg, acc = self.cfg, self.accelerator
         if self.is_main:
             print(f"genalign: run directory {os.path.abspath(self.out)}", flush=True)

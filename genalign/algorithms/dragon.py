@@ -262,3 +262,293 @@ def make_pairs(
             losers.append(j)
     return torch.tensor(winners, dtype=torch.long), torch.tensor(losers, dtype=torch.long)
 
+
+
+# ================================================================================================ trainer glue
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from genalign.algorithms.advantages import aggregate_rewards  # noqa: E402
+from genalign.algorithms.base import Algorithm  # noqa: E402
+from genalign.algorithms.conversions import flow_target, vp_alpha_sigma, vp_target  # noqa: E402
+from genalign.algorithms.nft import TIMESTEP_SAMPLING, training_point  # noqa: E402
+from genalign.errors import GenalignError  # noqa: E402
+from genalign.registry import ALGORITHMS  # noqa: E402
+
+LOSSES = ("kto", "dpo")
+SPLITS = ("instance", "set")
+SPLIT_SCOPES = ("group", "batch")
+SET_CONTRIBUTIONS = ("loo", "given")
+
+
+@ALGORITHMS.register("dragon")
+@dataclass
+class Dragon(Algorithm):
+    """DRAGON (arXiv 2504.15217; METHODS.md §6): on-policy generations → D⁺/D⁻ → a contrastive surrogate
+    against the frozen reference (the adapter-disabled base; a frozen copy for full fine-tuning).
+
+    * Rollouts need no log-probs: deterministic by default (``stochastic_rollout`` for the SDE/DDIM-η sampler).
+    * ``split="instance"``: the weighted sum of the rewards per sample, split within each prompt group
+      (``split_scope="group"``) or the batch at the median or top/bottom quantile (:func:`split_instance`).
+    * ``split="set"``: per-sample contributions — for every ``set``-scope reward, by leave-one-out on the
+      gathered batch (``set_contribution="loo"``: R(D) − R(D∖i), calling the reward on subsets, so the reward
+      must return its set value, e.g. ``digit_fd`` mode ``set`` or ``digit_diversity``), or its scores as given
+      (``"given"``, e.g. ``digit_fd`` mode ``leave_one_out``); sample-scope rewards contribute their centred
+      scores. Then :func:`split_by_contribution`, verifying R(D⁺) > R(D⁻) greedily when ``verify_set_split``.
+      [R] set construction (DRAGON's App. F procedure may differ).
+    * ``loss="dpo"``: Diffusion-DPO on winner/loser pairs from :func:`make_pairs` (each pair shares t and ε);
+      ``"kto"``: Diffusion-KTO on the unpaired D⁺ ∪ D⁻ (z₀ all-reduced over processes).
+    * Errors: ε-error for VP ε-models (the native target for other prediction types), v-error ‖(ε − x0) − v_θ‖²
+      for rectified flow ([R] flow adaptation).
+
+    Multi-process: the split is computed identically on every process from the gathered batch; each process
+    trains the D⁺/D⁻ members of its own shard (DPO pairs are formed within a shard, so pairs never straddle
+    processes); micro-batch counts are aligned across processes with zero-weight dummy micro-batches.
+    """
+
+    loss: str = field(default="kto", metadata={"help": "Surrogate: kto (unpaired D⁺/D⁻) | dpo (pairs)."})
+    beta: Optional[float] = field(default=None, metadata={"help": "β (null = 1000 for KTO, 5000 for DPO) [uncertain for DRAGON]."})
+    lambda_pos: float = field(default=1.0, metadata={"help": "KTO weight of desirable samples."})
+    lambda_neg: float = field(default=1.0, metadata={"help": "KTO weight of undesirable samples."})
+    split: str = field(default="instance", metadata={"help": "instance (per-sample rewards) | set (contributions)."})
+    split_mode: str = field(default="median", metadata={"help": "median | quantile."})
+    quantile: float = field(default=0.25, metadata={"help": "split_mode=quantile: top/bottom fraction q."})
+    split_scope: str = field(default="group", metadata={"help": "split=instance: within prompt group | batch."})
+    set_contribution: str = field(default="loo", metadata={"help": "set rewards → contributions: loo | given."})
+    verify_set_split: bool = field(default=True, metadata={"help": "Greedily ensure R(D⁺) > R(D⁻) (set split, loo)."})
+    min_set_size: int = field(default=1, metadata={"help": "Smallest D⁺/D⁻ kept by the greedy verification."})
+    cross_group_pairs: bool = field(default=True, metadata={"help": "DPO: zip leftovers across prompt groups."})
+    num_timesteps: int = field(default=1, metadata={"help": "Noised copies (backward units) per sample per pass."})
+    timestep_sampling: str = field(default="uniform", metadata={"help": "uniform | schedule (rollout's steps)."})
+    t_min: float = field(default=0.0, metadata={"help": "Lower time bound in [0, 1] (uniform)."})
+    t_max: float = field(default=1.0, metadata={"help": "Upper time bound in [0, 1] (uniform)."})
+    stochastic_rollout: bool = field(default=False, metadata={"help": "Sample rollouts with the stochastic kernel."})
+    rollout_guidance_scale: Optional[float] = field(default=None, metadata={"help": "Rollout CFG (null = sampler's)."})
+
+    def __post_init__(self):
+        def bad(key, val, valid):
+            raise ConfigError(f"'algorithm.{key}' is '{val}'; valid choices: {choices(valid)}")
+
+        if self.loss not in LOSSES:
+            bad("loss", self.loss, LOSSES)
+        if self.split not in SPLITS:
+            bad("split", self.split, SPLITS)
+        if self.split_mode not in SPLIT_MODES:
+            bad("split_mode", self.split_mode, SPLIT_MODES)
+        if self.split_scope not in SPLIT_SCOPES:
+            bad("split_scope", self.split_scope, SPLIT_SCOPES)
+        if self.set_contribution not in SET_CONTRIBUTIONS:
+            bad("set_contribution", self.set_contribution, SET_CONTRIBUTIONS)
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            bad("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
+        if self.beta is not None and self.beta <= 0:
+            raise ConfigError(f"'algorithm.beta' must be > 0, got {self.beta}")
+        if not 0.0 < self.quantile <= 0.5:
+            raise ConfigError(f"'algorithm.quantile' must be in (0, 0.5], got {self.quantile}")
+        if self.num_timesteps < 1:
+            raise ConfigError(f"'algorithm.num_timesteps' must be >= 1, got {self.num_timesteps}")
+        if self.min_set_size < 1:
+            raise ConfigError(f"'algorithm.min_set_size' must be >= 1, got {self.min_set_size}")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ConfigError(f"'algorithm.t_min'/'t_max' must satisfy 0 <= t_min < t_max <= 1, got "
+                              f"{self.t_min}, {self.t_max}")
+        if self.lambda_pos < 0 or self.lambda_neg < 0:
+            raise ConfigError("'algorithm.lambda_pos'/'lambda_neg' must be >= 0")
+        self._stash = None
+        self._epoch = 0
+
+    @property
+    def needs_log_probs(self) -> bool:  # type: ignore[override]
+        return self.stochastic_rollout
+
+    @property
+    def effective_beta(self) -> float:
+        if self.beta is not None:
+            return float(self.beta)
+        return 1000.0 if self.loss == "kto" else 5000.0
+
+    def setup(self, ctx) -> None:
+        ctx.generator.make_reference()
+
+    def rollout_kwargs(self, ctx, iteration: int) -> Dict[str, Any]:
+        return {} if self.rollout_guidance_scale is None else {"guidance_scale": float(self.rollout_guidance_scale)}
+
+    # -------------------------------------------------------------------------------- split
+    def advantages(self, per_reward, weights, group_ids, prompts, mode):
+        # DRAGON does not use advantages: keep the gathered rewards for the split in update(); return the
+        # aggregated score so the trainer's bookkeeping stays uniform.
+        self._stash = (per_reward.clone(), group_ids.clone(), list(prompts), list(weights))
+        score = torch.nan_to_num(aggregate_rewards(per_reward, weights), nan=0.0)
+        return score, {"zero_std_ratio": 0.0}, torch.ones(score.shape[0], dtype=torch.bool)
+
+    def _set_value_fn(self, ctx, samples: torch.Tensor, prompts: Sequence[str], k: int) -> Callable:
+        reward = ctx.rewards[k]
+
+        def value(idx: torch.Tensor) -> float:
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            out = reward(samples[idx].to(ctx.accelerator.device), [prompts[i] for i in idx.tolist()])
+            return float(torch.nanmean(out.float()))
+
+        return value
+
+    def split_sets(self, ctx, ro) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+        """Global D⁺/D⁻ index tensors (identical on every process) and split statistics."""
+        per_reward, groups, prompts, weights = self._stash
+        n = per_reward.shape[0]
+        stats: Dict[str, float] = {}
+        if self.split == "instance":
+            score = aggregate_rewards(per_reward, weights)
+            pos, neg = split_instance(score, groups if self.split_scope == "group" else None, self.split_mode,
+                                      self.quantile)
+            ref_score = score
+        else:
+            set_ks = [k for k, r in enumerate(ctx.rewards) if r.scope == "set"]
+            samples = None
+            if self.set_contribution == "loo" and set_ks:
+                acc = ctx.accelerator
+                samples = acc.gather(ro.samples.to(acc.device)).cpu() if acc.num_processes > 1 else ro.samples.cpu()
+            contrib = torch.zeros(n, dtype=torch.float64)
+            values = []
+            for k, r in enumerate(ctx.rewards):
+                w = float(weights[k])
+                if r.scope == "set" and self.set_contribution == "loo":
+                    fn = self._set_value_fn(ctx, samples, prompts, k)
+                    values.append((w, fn))
+                    contrib += w * leave_one_out_contributions(fn, n)
+                else:
+                    col = per_reward[:, k].double()
+                    col = torch.nan_to_num(col - torch.nanmean(col), nan=0.0)
+                    contrib += w * col
+                    if r.scope != "set":
+                        values.append((w, lambda idx, c=per_reward[:, k]: float(torch.nanmean(c[idx].double()))))
+            verify = self.verify_set_split and self.set_contribution == "loo" and bool(set_ks)
+            set_value = (lambda idx: sum(w * fn(idx) for w, fn in values)) if verify else None
+            pos, neg = split_by_contribution(contrib, set_value, self.split_mode, self.quantile, self.min_set_size,
+                                             strict=True)
+            if verify and pos.numel() and neg.numel():
+                stats["dragon/set_value_pos"] = float(set_value(pos))
+                stats["dragon/set_value_neg"] = float(set_value(neg))
+            ref_score = contrib
+        if pos.numel():
+            stats["dragon/score_pos"] = float(torch.nanmean(ref_score[pos].double()))
+        if neg.numel():
+            stats["dragon/score_neg"] = float(torch.nanmean(ref_score[neg].double()))
+        stats["dragon/n_pos"] = float(pos.numel())
+        stats["dragon/n_neg"] = float(neg.numel())
+        return pos, neg, stats
+
+    # -------------------------------------------------------------------------------- errors
+    def errors(self, ctx, mb, unit: int, point_seeds: List[int]):
+        """(err_θ with grad, err_ref) per sample of ``mb`` at a fresh (t, ε) drawn from ``point_seeds`` (a DPO
+        pair passes the winner's seed for both members, so they share t and ε)."""
+        gen, acc = ctx.generator, ctx.accelerator
+        x0 = mb.states[:, -1].to(gen.device)
+        pt = training_point(gen, mb.schedule, x0, point_seeds, unit, self._epoch, self.timestep_sampling,
+                            self.t_min, self.t_max)
+        if gen.kind == "flow":
+            target = flow_target(pt.x0, pt.noise)
+        else:
+            a, s = vp_alpha_sigma(pt.time)
+            target = vp_target(pt.x0, pt.noise, a, s, gen.prediction_type)
+        with torch.no_grad(), acc.autocast(), gen.reference() as ref:
+            err_ref = prediction_error(gen.predict(ref, pt.x_t, pt.t_model, mb.cond, 1.0), target)
+        err = prediction_error(gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0), target)
+        return err, err_ref
+
+    # -------------------------------------------------------------------------------- update
+    def update(self, ctx, ro, adv_local):
+        from genalign.trainer import derive_seed
+
+        cfg, acc = ctx.cfg, ctx.accelerator
+        world, rank, n_local = acc.num_processes, acc.process_index, len(ro)
+        pos, neg, split_stats = self.split_sets(ctx, ro)
+        out: Dict[str, float] = dict(split_stats)
+        if pos.numel() == 0 or neg.numel() == 0:
+            out.update({"loss": float("nan"), "dragon/skipped": 1.0})
+            return out
+
+        def shard_items(r: int) -> List[Tuple[int, ...]]:
+            lo, hi = r * n_local, (r + 1) * n_local
+            p = [int(i) - lo for i in pos.tolist() if lo <= i < hi]
+            q = [int(i) - lo for i in neg.tolist() if lo <= i < hi]
+            if self.loss == "kto":
+                return [(i, 1) for i in p] + [(i, 0) for i in q]
+            groups = self._stash[1][lo:hi]
+            w, l = make_pairs(torch.tensor(p, dtype=torch.long), torch.tensor(q, dtype=torch.long),
+                              groups, self.cross_group_pairs)
+            return list(zip(w.tolist(), l.tolist()))
+
+        counts = [len(shard_items(r)) for r in range(world)]
+        items = shard_items(rank)
+        out["dragon/n_items"] = float(sum(counts))
+        if max(counts) == 0:
+            out.update({"loss": float("nan"), "dragon/skipped": 1.0})
+            return out
+        S = cfg.train.optimizer_steps_per_iteration
+        bs = cfg.train.train_batch_size
+        hook = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None
+        stats_acc: Dict[str, list] = {}
+        losses: list = []
+        beta = self.effective_beta
+        for epoch in range(cfg.train.inner_epochs):
+            g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, rank, 5))
+            order = torch.randperm(len(items), generator=g).tolist() if items else []
+            max_items = max(counts)
+            n_chunks = min(S, max_items)
+            for c in range(n_chunks):
+                # chunk c of every shard: aligned micro-batch counts across processes
+                def chunk_of(m):
+                    return [int(x) for x in np.array_split(np.arange(m), n_chunks)[c]]
+
+                mine = [items[order[j]] for j in chunk_of(len(items))]
+                n_mbs = max(1, max(-(-len(chunk_of(m)) // bs) for m in counts))
+                nonfinite = torch.zeros((), device=acc.device)
+                for mi in range(n_mbs):
+                    part = mine[mi * bs : (mi + 1) * bs]
+                    last_mb = mi == n_mbs - 1
+                    for u in range(self.num_timesteps):
+                        loss, st = self._unit_loss(ctx, ro, part, u, beta, hook)
+                        if not torch.isfinite(loss):
+                            nonfinite += 1
+                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                        scaled = loss / (self.num_timesteps * n_mbs)
+                        if last_mb and u == self.num_timesteps - 1:
+                            acc.backward(scaled)
+                        else:
+                            with acc.no_sync(ctx.model):
+                                acc.backward(scaled)
+                        if part:
+                            losses.append(float(loss.detach()))
+                            for k, v in st.items():
+                                if v == v:  # skip NaN stats (an empty side)
+                                    stats_acc.setdefault(k, []).append(float(v))
+                ctx.apply_optimizer_step(nonfinite, stats_acc)
+        self._epoch += 1
+        out.update({k: float(np.mean(v)) for k, v in stats_acc.items()})
+        out["loss"] = float(np.mean(losses)) if losses else float("nan")
+        return out
+
+    def _unit_loss(self, ctx, ro, part, unit: int, beta: float, hook):
+        if not part:  # a dummy micro-batch keeping collectives aligned: zero loss through the model
+            mb = ro.index([0])
+            err, _ = self.errors(ctx, mb, unit, mb.seeds)
+            if self.loss == "kto" and hook is not None:
+                hook(torch.zeros(2, dtype=torch.float64, device=err.device))  # the z₀ all-reduce of the others
+            return err.sum() * 0.0, {}
+        if self.loss == "kto":
+            idx = [i for i, _ in part]
+            mb = ro.index(idx)
+            err, err_ref = self.errors(ctx, mb, unit, mb.seeds)
+            y = torch.tensor([lab for _, lab in part], dtype=torch.bool)
+            loss, st = diffusion_kto_loss(err, err_ref, y, beta, self.lambda_pos, self.lambda_neg, all_reduce=hook)
+        else:
+            w = [a for a, _ in part]
+            l_ = [b for _, b in part]
+            mb = ro.index(w + l_)
+            seeds = [ro.seeds[a] for a in w] * 2  # a pair shares t and ε
+            err, err_ref = self.errors(ctx, mb, unit, seeds)
+            k = len(w)
+            loss, st = diffusion_dpo_loss(err[:k], err_ref[:k], err[k:], err_ref[k:], beta)
+        return loss, {kk: float(v) for kk, v in st.items()}

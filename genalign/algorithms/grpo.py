@@ -101,9 +101,7 @@ class GRPO(Algorithm):
                 ratio = torch.exp(s * (log_ratio + d2 / (2 * s**2)))
             else:
                 ratio = torch.exp(log_ratio)
-            unclipped = -a * ratio
-            clipped = -a * torch.clamp(ratio, 1.0 - lo, 1.0 + hi)
-            per_sample = torch.maximum(unclipped, clipped)
+            per_sample = ppo_clip_loss(ratio, a, lo, hi)
             dt = step_dt(mb.schedule, j, gen.kind).to(lp.device)
             if self.guard and gen.kind == "flow":
                 per_sample = per_sample / dt
@@ -117,11 +115,8 @@ class GRPO(Algorithm):
             if self.beta > 0:
                 with torch.no_grad(), ctx.accelerator.autocast(), gen.reference() as ref:
                     _, mu_ref, _ = gen.step_log_prob(ref, mb, j, scfg)
-                s2 = std.to(mu.device) ** 2
-                kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * s2)
-                if self.kl_form == "flow_grpo" and gen.kind == "flow":
-                    kl = kl * dt  # the reference code divides by s_t² only, i.e. exact KL × |dt|
-                kl = kl.mean()
+                form = self.kl_form if gen.kind == "flow" else "exact"
+                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, form).mean()
                 loss = loss + self.beta * kl
                 stats["kl"] = float(kl.detach())
             else:
@@ -130,6 +125,20 @@ class GRPO(Algorithm):
 
     def state_dict(self):
         return {}
+
+
+def ppo_clip_loss(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Per-sample PPO-clip loss max(−A·r, −A·clip(r, 1−lo, 1+hi)) (Schulman et al. 2017, Eq. 7; METHODS §3.2)."""
+    return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - lo, 1.0 + hi))
+
+
+def mean_kl(mu: torch.Tensor, mu_ref: torch.Tensor, std: torch.Tensor, dt: torch.Tensor, form: str) -> torch.Tensor:
+    """Per-sample KL between two Gaussian transitions with the same std (METHODS §3.3), mean over dims.
+
+    ``std`` is the transition std s_t·sqrt(|dt|). ``exact``: mean_d (μ−μ_ref)²/(2 std²).
+    ``flow_grpo``: the reference code's mean_d (μ−μ_ref)²/(2 s_t²) = exact × |dt|."""
+    kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * std**2)
+    return kl * dt if form == "flow_grpo" else kl
 
 
 def step_dt(schedule, j: torch.Tensor, kind: str) -> torch.Tensor:

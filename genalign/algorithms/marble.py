@@ -399,3 +399,230 @@ def mix_optimality(r_per_reward: torch.Tensor, alpha: torch.Tensor) -> torch.Ten
     if torch.any(alpha < -1e-9) or abs(float(alpha.sum()) - 1.0) > 1e-6:
         raise ValueError("mixing weights must lie on the simplex (the NFT loss is affine in r only then)")
     return (alpha.unsqueeze(1) * r.double()).sum(0).to(torch.float32)
+
+
+# ================================================================================================ trainer glue
+from dataclasses import dataclass, field  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from genalign.algorithms.advantages import group_advantages  # noqa: E402
+from genalign.algorithms.nft import NFT  # noqa: E402
+from genalign.registry import ALGORITHMS  # noqa: E402
+
+BALANCES = ("min_norm", "fixed")
+LOSS_WEIGHTS = ("normalized", "alpha")
+
+
+@ALGORITHMS.register("marble")
+@dataclass
+class Marble(NFT):
+    """MARBLE (arXiv 2605.06507; METHODS.md §5) on DiffusionNFT, amortised.
+
+    Advantages are per reward, (N, K): reward k's own group z-score (NaN → 0 → r = ½, neutral). Every
+    ``period`` optimiser steps (a *refresh*), one forward per backward unit and K vector-Jacobian products give
+    the per-reward gradients g_k = ∇L_NFT(θ; r_k) (synchronised across processes); their normalised Gram matrix
+    gives α* = argmin_Δ αᵀMα, smoothed as ᾱ ← ρᾱ + (1−ρ)α*; the step applies Σ_k w_k g_k with w = ᾱ folded
+    into loss weights (``loss_weights="normalized"``: w_k ∝ ᾱ_k/‖g_k‖, [R]/uncertain) — equal to ∇L(r_mix)
+    because L_NFT is affine in r. Other steps run one pass with r_mix = Σ_k w_k r_k. Logged on refreshes:
+    ``marble/alpha_<reward>``, ``marble/weight_<reward>``, ``marble/cos_<reward>`` (cosine of g_k with the applied
+    direction), ``marble/min_cos``, ``marble/gram_<k><l>``.
+
+    ``balance="fixed"`` is the equal-weight baseline with the same diagnostics: w = the rewards' config weights
+    normalised onto the simplex, never updated (r_mix = the weighted mean of the per-reward r's), and per-reward
+    gradients are still computed every ``period`` steps for the cosine logs.
+    ``period`` M = 10 and ``rho`` ρ = 0.9 are genalign placeholders (no published values; uncertain).
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "NFT β (0.1 for multi-reward in DiffusionNFT)."})
+    period: int = field(default=10, metadata={"help": "M: recompute the per-reward gradients every M steps [uncertain]."})
+    rho: float = field(default=0.9, metadata={"help": "ρ: EMA of the QP solution [uncertain]."})
+    smoother_init: str = field(default="first", metadata={"help": "Smoother start: first (ᾱ = first α*) | uniform."})
+    min_norm: str = field(default="auto", metadata={"help": "QP solver: auto | closed_form | frank_wolfe | enumerate | qp."})
+    fw_iters: int = field(default=50, metadata={"help": "Frank–Wolfe iterations (K > 2)."})
+    loss_weights: str = field(default="normalized", metadata={"help": "normalized (w ∝ ᾱ/‖g‖) | alpha (w = ᾱ) [uncertain]."})
+    balance: str = field(default="min_norm", metadata={"help": "min_norm (MARBLE) | fixed (equal-weight baseline)."})
+    sharded_gradients: bool = field(default=False, metadata={"help": "FSDP/ZeRO shards: sum the Gram matrix over ranks."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.period < 1:
+            raise ConfigError(f"'algorithm.period' must be >= 1, got {self.period}")
+        if not 0.0 <= self.rho < 1.0:
+            raise ConfigError(f"'algorithm.rho' must be in [0, 1), got {self.rho}")
+        if self.smoother_init not in SMOOTHER_INITS:
+            raise ConfigError(f"'algorithm.smoother_init' is '{self.smoother_init}'; valid choices: "
+                              f"{choices(SMOOTHER_INITS)}")
+        if self.min_norm not in MIN_NORM_METHODS:
+            raise ConfigError(f"'algorithm.min_norm' is '{self.min_norm}'; valid choices: {choices(MIN_NORM_METHODS)}")
+        if self.loss_weights not in LOSS_WEIGHTS:
+            raise ConfigError(f"'algorithm.loss_weights' is '{self.loss_weights}'; valid choices: "
+                              f"{choices(LOSS_WEIGHTS)}")
+        if self.balance not in BALANCES:
+            raise ConfigError(f"'algorithm.balance' is '{self.balance}'; valid choices: {choices(BALANCES)}")
+        self._smoother: Optional[CoefficientSmoother] = None
+        self._w: Optional[torch.Tensor] = None
+        self._steps = 0  # optimiser steps taken by this algorithm (the refresh clock)
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        k = len(ctx.rewards)
+        self._names = list(ctx.reward_names)
+        self._smoother = CoefficientSmoother(k, self.period, self.rho, self.smoother_init)
+        w = torch.tensor([max(float(r.weight), 0.0) for r in ctx.rewards], dtype=torch.float64)
+        self._fixed = w / w.sum() if w.sum() > 0 else torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self._w = self._fixed.clone()
+
+    # -------------------------------------------------------------------------------- advantages
+    def advantages(self, per_reward, weights, group_ids, prompts, mode):
+        self._restore()
+        cols, zs = [], []
+        for k in range(per_reward.shape[1]):
+            a, st = group_advantages(per_reward[:, k], group_ids, std=self.adv_std, eps=self.adv_eps,
+                                     clip=self.adv_clip_max)
+            cols.append(a)
+            zs.append(st["zero_std_ratio"])
+        adv = torch.stack(cols, 1)  # (N, K); NaN rewards already gave A = 0
+        return adv, {"zero_std_ratio": float(np.mean(zs))}, torch.ones(adv.shape[0], dtype=torch.bool)
+
+    # -------------------------------------------------------------------------------- update
+    def _hook(self, ctx):
+        if not self.sharded_gradients:
+            return None
+        return lambda t: ctx.accelerator.reduce(t, reduction="sum")
+
+    def per_reward_gradients(self, ctx, ro, mbs, r_all: torch.Tensor, stats_acc, losses) -> Tuple[list, torch.Tensor]:
+        """K lists of per-parameter gradients of L_NFT(θ; r_k), averaged like the trainer's accumulation
+        (1/(units × micro-batches)) and over processes. One forward per unit, K backward (VJP) passes."""
+        acc = ctx.accelerator
+        params = self._params
+        K = r_all.shape[0]
+        grads = [[torch.zeros_like(p) for p in params] for _ in range(K)]
+        nonfinite = torch.zeros((), device=acc.device)
+        with acc.no_sync(ctx.model):
+            for idx in mbs:
+                mb = ro.index(idx.tolist())
+                units = self.units(mb)
+                for u in range(units):
+                    pt, pred, p_old, p_ref = self.predictions(ctx, mb, u)
+                    for k in range(K):
+                        loss, st = self.loss_from(ctx, pt, pred, p_old, p_ref, r_all[k, idx])
+                        if not torch.isfinite(loss):
+                            nonfinite += 1
+                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                        gs = torch.autograd.grad(loss / (units * len(mbs)), params, retain_graph=k < K - 1,
+                                                 allow_unused=True)
+                        for buf, g in zip(grads[k], gs):
+                            if g is not None:
+                                buf.add_(g.to(buf.dtype))
+                        if k == 0:
+                            losses.append(float(loss.detach()))
+                            stats_acc.setdefault("kl", []).append(float(st["kl_loss"]))
+                            stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
+        if acc.num_processes > 1 and not self.sharded_gradients:
+            for gl in grads:
+                for g in gl:
+                    g.copy_(acc.reduce(g, reduction="mean"))
+        return grads, nonfinite
+
+    def _mixed_pass(self, ctx, ro, mbs, r_mix, stats_acc, losses) -> torch.Tensor:
+        acc = ctx.accelerator
+        nonfinite = torch.zeros((), device=acc.device)
+        for mi, idx in enumerate(mbs):
+            mb = ro.index(idx.tolist())
+            units = self.units(mb)
+            for u in range(units):
+                pt, pred, p_old, p_ref = self.predictions(ctx, mb, u)
+                loss, st = self.loss_from(ctx, pt, pred, p_old, p_ref, r_mix[idx])
+                if not torch.isfinite(loss):
+                    nonfinite += 1
+                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                scaled = loss / (units * len(mbs))
+                if mi == len(mbs) - 1 and u == units - 1:
+                    acc.backward(scaled)
+                else:
+                    with acc.no_sync(ctx.model):
+                        acc.backward(scaled)
+                losses.append(float(loss.detach()))
+                stats_acc.setdefault("kl", []).append(float(st["kl_loss"]))
+                stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
+        return nonfinite
+
+    def refresh(self, ctx, ro, mbs, r_all, stats_acc, losses) -> torch.Tensor:
+        """Per-reward gradients → Gram → α* → smoothed weights; leaves Σ_k w_k g_k in the .grad fields."""
+        grads, nonfinite = self.per_reward_gradients(ctx, ro, mbs, r_all, stats_acc, losses)
+        hook = self._hook(ctx)
+        if float(ctx.accelerator.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
+            return nonfinite  # apply_optimizer_step skips and counts it
+        gram, norms = gram_matrix(grads, normalize=True, all_reduce=hook)
+        alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
+        if self.balance == "min_norm":
+            abar = self._smoother.update(alpha_star)
+            w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
+        else:
+            abar, w = self._fixed.clone(), self._fixed.clone()
+        self._w = w.double().cpu()
+        direction = combine(grads, self._w)
+        cos = cosines_to_direction(grads, direction, all_reduce=hook)
+        for p, g in zip(self._params, direction):
+            p.grad = None if g is None else g.to(p.dtype)
+        for k, name in enumerate(self._names):
+            stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
+            stats_acc.setdefault(f"marble/alpha_star_{name}", []).append(float(alpha_star[k]))
+            stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
+            stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
+            stats_acc.setdefault(f"marble/grad_norm_{name}", []).append(float(norms[k]))
+            for l in range(k + 1, len(self._names)):
+                stats_acc.setdefault(f"marble/gram_{k}{l}", []).append(float(gram[k, l]))
+        stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
+        stats_acc.setdefault("marble/refresh", []).append(1.0)
+        return nonfinite
+
+    def update(self, ctx, ro, adv_local):
+        from genalign.trainer import derive_seed
+
+        self._restore()
+        cfg = ctx.cfg
+        n = len(ro)
+        if adv_local.ndim != 2 or adv_local.shape[1] != len(self._names):
+            raise GenalignError(f"MARBLE needs (N, {len(self._names)}) per-reward advantages, got "
+                                f"{tuple(adv_local.shape)}")
+        r_all = per_reward_optimality(adv_local.T, self.adv_clip_max)  # (K, n)
+        S = cfg.train.optimizer_steps_per_iteration
+        stats_acc: Dict[str, list] = {}
+        losses: list = []
+        for epoch in range(cfg.train.inner_epochs):
+            order = torch.arange(n)
+            if S > 1 or cfg.train.inner_epochs > 1:
+                g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, ctx.rank, 3))
+                order = torch.randperm(n, generator=g)
+            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
+                bs = cfg.train.train_batch_size
+                mbs = [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+                if self._steps % self.period == 0:
+                    nonfinite = self.refresh(ctx, ro, mbs, r_all, stats_acc, losses)
+                else:
+                    r_mix = mix_optimality(r_all, self._w)
+                    nonfinite = self._mixed_pass(ctx, ro, mbs, r_mix, stats_acc, losses)
+                ctx.apply_optimizer_step(nonfinite, stats_acc)
+                self._steps += 1
+        out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
+        out["loss"] = float(np.mean(losses)) if losses else float("nan")
+        for k, name in enumerate(self._names):
+            out[f"marble/mix_{name}"] = float(self._w[k])
+        return out
+
+    # -------------------------------------------------------------------------------- state
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        sd = super().state_dict()
+        sd.update({f"smoother.{k}": v for k, v in self._smoother.state_dict().items()})
+        sd["mix_weights"] = self._w.clone()
+        sd["steps"] = torch.tensor(self._steps)
+        return sd
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        super().load_state_dict({k: v for k, v in sd.items() if not k.startswith("smoother.")})
+        self._smoother.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("smoother.")})
+        if "mix_weights" in sd:
+            self._w = sd["mix_weights"].double().clone()
+        self._steps = int(sd.get("steps", torch.tensor(0)))

@@ -209,7 +209,7 @@ class Generator:
             return
         from peft import LoraConfig
 
-        targets = lcfg.target_modules or self.default_lora_targets
+        targets = self.resolve_lora_targets(lcfg.target_modules or self.default_lora_targets)
         init = {"gaussian": "gaussian", "default": True, "pissa": "pissa"}[lcfg.init]
         self.denoiser.add_adapter(
             LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, target_modules=targets, init_lora_weights=init,
@@ -218,6 +218,10 @@ class Generator:
         for p in self.denoiser.parameters():  # trainable LoRA weights in fp32 (mixed precision recipe)
             if p.requires_grad:
                 p.data = p.data.float()
+
+    def resolve_lora_targets(self, targets: List[str]) -> List[str]:
+        """Hook for families to drop target modules whose output the network discards (no gradient)."""
+        return list(targets)
 
     @property
     def is_lora(self) -> bool:
@@ -258,7 +262,12 @@ class Generator:
         """Write ``pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(dir)`` reads."""
         sd = state_dict if state_dict is not None else self.lora_state_dict()
         sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
-        type(self.pipe).save_lora_weights(out_dir, **{f"{self.denoiser_name}_lora_layers": sd}, safe_serialization=True)
+        # The adapter metadata (rank, alpha, targets) travels in the safetensors header, so that
+        # load_lora_weights reproduces the alpha/rank scaling instead of assuming alpha = rank.
+        meta = self.denoiser.peft_config["default"].to_dict()
+        type(self.pipe).save_lora_weights(
+            out_dir, safe_serialization=True,
+            **{f"{self.denoiser_name}_lora_layers": sd, f"{self.denoiser_name}_lora_adapter_metadata": meta})
 
     def load_lora_file(self, path: str, model=None) -> None:
         """Load a diffusers-layout LoRA file (``pytorch_lora_weights.safetensors``) into the live adapter."""

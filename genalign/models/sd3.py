@@ -47,6 +47,20 @@ class SD3Generator(Generator):
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     ]
 
+    def resolve_lora_targets(self, targets):
+        """Expand suffixes to module names, leaving out ``add_q_proj`` of blocks with ``context_pre_only`` (the
+        last block discards its context stream, so a LoRA there would never receive a gradient)."""
+        names = []
+        for name, mod in self.denoiser.named_modules():
+            if not any(name == t or name.endswith("." + t) for t in targets):
+                continue
+            if name.endswith("attn.add_q_proj"):
+                block = self.denoiser.get_submodule(name.rsplit(".attn.", 1)[0])
+                if getattr(block, "context_pre_only", False):
+                    continue
+            names.append(name)
+        return names
+
     @classmethod
     def pipe_class(cls):
         from diffusers import StableDiffusion3Pipeline

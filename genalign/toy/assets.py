@@ -54,6 +54,8 @@ def load_flow_pipeline(path: Optional[str] = None, **kwargs):
     """The rectified-flow digits pipeline (``StableDiffusion3Pipeline``) via ``DiffusionPipeline.from_pretrained``."""
     from diffusers import DiffusionPipeline
 
+    kwargs.setdefault("text_encoder_3", None)  # the toy SD3 has no T5: diffusers needs these passed explicitly
+    kwargs.setdefault("tokenizer_3", None)
     return DiffusionPipeline.from_pretrained(path or asset_path(*FLOW_PIPELINE), **kwargs)
 
 

@@ -52,6 +52,7 @@ from . import data as D
 from .classifier import DigitClassifier, accuracy, train_classifier
 
 MAX_TOKENS = 16
+LATENT_SIZE = D.IMAGE_SIZE // 2  # the VAE halves the resolution: 16x16 images <-> 4x8x8 latents
 
 
 @dataclass
@@ -66,6 +67,7 @@ class BuildConfig:
     lr: float = 1e-3
     cfg_dropout: float = 0.1
     text_hidden: int = 16
+    flow_layers: int = 2
     max_null_tokens: int = 256
     # evaluation of the bases (recommended sampling settings)
     evaluate: bool = True
@@ -123,8 +125,9 @@ def _vae(shift_factor: Optional[float], scaling_factor: float = 1.0):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), layers_per_block=1, latent_channels=4,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
+        latent_channels=4,
         norm_num_groups=8, sample_size=D.IMAGE_SIZE, scaling_factor=scaling_factor, shift_factor=shift_factor,
         mid_block_add_attention=False, force_upcast=False,
     )
@@ -177,7 +180,7 @@ def _batch(g: torch.Generator, latents: torch.Tensor, labels: torch.Tensor, inks
 
 
 # ----------------------------------------------------------------------------------------------- flow
-def build_flow_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, log):
+def build_flow_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, log, callback=None):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
@@ -186,9 +189,9 @@ def build_flow_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, 
     te2 = _frozen(CLIPTextModelWithProjection(_clip_config(cfg.text_hidden, True)))
     torch.manual_seed(cfg.seed + 3)
     transformer = SD3Transformer2DModel(
-        sample_size=D.IMAGE_SIZE, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=32,
+        sample_size=LATENT_SIZE, patch_size=1, in_channels=4, num_layers=cfg.flow_layers, attention_head_dim=32,
         num_attention_heads=2, joint_attention_dim=2 * cfg.text_hidden, caption_projection_dim=64,
-        pooled_projection_dim=2 * cfg.text_hidden, out_channels=4, pos_embed_max_size=D.IMAGE_SIZE,
+        pooled_projection_dim=2 * cfg.text_hidden, out_channels=4, pos_embed_max_size=LATENT_SIZE,
     )
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_copy_vae(vae, 0.0),
@@ -220,12 +223,14 @@ def build_flow_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, 
         opt.step()
         if step % 500 == 0 or step == cfg.flow_steps - 1:
             log(f"flow step {step} loss {loss.item():.4f}")
+        if callback is not None:
+            callback(step + 1, pipe)
     _frozen(transformer)
     return pipe
 
 
 # ----------------------------------------------------------------------------------------------- eps
-def build_eps_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, log):
+def build_eps_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, log, callback=None):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -233,7 +238,7 @@ def build_eps_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, l
     te = _frozen(CLIPTextModel(_clip_config(cfg.text_hidden, False)))
     torch.manual_seed(cfg.seed + 6)
     unet = UNet2DConditionModel(
-        sample_size=D.IMAGE_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cfg.text_hidden, attention_head_dim=4, norm_num_groups=8,
     )
@@ -267,6 +272,8 @@ def build_eps_pipeline(vae, latents, labels, inks, tmp: str, cfg: BuildConfig, l
         opt.step()
         if step % 500 == 0 or step == cfg.eps_steps - 1:
             log(f"eps step {step} loss {loss.item():.4f}")
+        if callback is not None:
+            callback(step + 1, pipe)
     _frozen(unet)
     return pipe
 

@@ -63,6 +63,8 @@ class Family:
                                          else 0.3, noise_level=0.7 if k == "sde" else 0.8, cps_logprob="gaussian")
                         for k in self.kernels}
         self._rollouts = {}
+        self._probe = None
+        self._base_out = None
 
     def rollout(self, kernel):
         if kernel not in self._rollouts:
@@ -71,12 +73,20 @@ class Family:
 
     def probe(self):
         """A fixed denoiser input: (x, t, cond) at the second step of the schedule."""
-        g = self.gen
-        torch.manual_seed(7)
-        x = torch.randn(len(PROMPTS), *g.latent_shape())
-        t = g.schedule(T).timesteps[1].expand(len(PROMPTS))
-        cond = g.encode(PROMPTS, self.guidance)["pos"]
-        return x, t, cond
+        if self._probe is None:
+            g = self.gen
+            x = torch.randn(len(PROMPTS), *g.latent_shape(), generator=torch.Generator().manual_seed(7))
+            t = g.schedule(T).timesteps[1].expand(len(PROMPTS))
+            self._probe = (x, t, g.encode(PROMPTS, self.guidance)["pos"])
+        return self._probe
+
+    def base_output(self):
+        """The probe's output from the stock denoiser of a freshly loaded pipeline (no adapter)."""
+        if self._base_out is None:
+            with torch.no_grad():
+                net = getattr(_fresh_pipe(self), self.gen.denoiser_name)
+                self._base_out = self.gen.model_forward(net, *self.probe()).float()
+        return self._base_out
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -113,10 +123,12 @@ def test_rollout_shapes(fam):
     # every step of a stochastic rollout has a log-prob, except CPS's deterministic last step
     assert torch.isfinite(ro.log_probs).all()
     assert ro.train_steps.tolist() == [list(range(T))] * n
-    # per-sample randomness: the same seed alone reproduces sample 1 of the batch
+    # per-sample randomness: the same seed alone reproduces sample 1 of the batch (up to batch-size-dependent
+    # float32 kernel rounding)
     ro1 = g.rollout(PROMPTS[1:], SEEDS[1:], fam.sampler[fam.kernels[0]], decode=False)
-    torch.testing.assert_close(ro1.states[0], ro.states[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ro1.log_probs[0], ro.log_probs[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro1.states[0], ro.states[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ro1.log_probs[0], ro.log_probs[1], atol=1e-4, rtol=0)
+    assert float((ro.states[0, -1] - ro.states[1, -1]).abs().max()) > 0.1  # different seeds, different samples
 
 
 def test_on_policy_ratio_is_one(fam):
@@ -155,7 +167,7 @@ def test_deterministic_rollout_matches_stock_pipeline(fam):
 def _fresh_pipe(fam):
     cfg = _cfg(fam.name, fam.path)
     cls = fam.cls.pipe_class()
-    kw = dict(use_safetensors=True, **_null_components(cls, cfg), **fam.cls.extra_load_kwargs(cfg))
+    kw = {"use_safetensors": True, **_null_components(cls, cfg), **fam.cls.extra_load_kwargs(cfg)}
     return cls.from_pretrained(fam.path, **kw)
 
 
@@ -177,8 +189,8 @@ def test_lora_trainable_save_and_diffusers_load(fam, tmp_path):
     x, t, cond = fam.probe()
     with torch.no_grad():
         adapted = g.model_forward(g.denoiser, x, t, cond).float()
+        base = fam.base_output()
         fresh = _fresh_pipe(fam)
-        base = g.model_forward(getattr(fresh, g.denoiser_name), x, t, cond).float()
         fresh.load_lora_weights(out_dir)
         loaded = g.model_forward(getattr(fresh, g.denoiser_name), x, t, cond).float()
     assert float((adapted - base).abs().max()) > 1e-3  # the perturbed adapter changes the output
@@ -189,7 +201,7 @@ def test_reference_disables_adapter(fam):
     g = fam.gen
     x, t, cond = fam.probe()
     with torch.no_grad():
-        base = g.model_forward(getattr(_fresh_pipe(fam), g.denoiser_name), x, t, cond).float()
+        base = fam.base_output()
         adapted = g.model_forward(g.denoiser, x, t, cond).float()
         with g.reference() as ref:
             ref_out = g.model_forward(ref, x, t, cond).float()

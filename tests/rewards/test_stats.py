@@ -57,12 +57,14 @@ def test_fd_rank_deficient_is_finite_and_matches_scipy():
     assert torch.isfinite(same) and abs(same.item()) < 1e-6 * np.trace(np.cov(x, rowvar=False))
 
 
-def test_fd_loo_matches_direct():
+@pytest.mark.parametrize("n,d,eps", [(7, 3, 0.0), (6, 10, 0.0), (6, 10, 1e-3), (9, 4, 1e-2)])
+def test_fd_loo_matches_direct(n, d, eps):
+    # covers both code paths: small sets (Gram matrices, n - 2 <= d) and d x d downdates (n > d + 2 or eps)
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(7, 3, generator=g), torch.randn(9, 3, generator=g) + 0.5
-    loo = stats.frechet_distance_loo(x, y, chunk=3)
-    direct = torch.stack([stats.frechet_distance(torch.cat([x[:i], x[i + 1:]]), y) for i in range(7)])
-    assert torch.allclose(loo, direct, atol=1e-10)
+    x, y = torch.randn(n, d, generator=g), torch.randn(12, d, generator=g) + 0.5
+    loo = stats.frechet_distance_loo(x, y, eps=eps, chunk=4)
+    direct = torch.stack([stats.frechet_distance(torch.cat([x[:i], x[i + 1:]]), y, eps=eps) for i in range(n)])
+    assert torch.allclose(loo, direct, atol=1e-8), (loo, direct)
 
 
 def test_mmd_hand_values_and_loo():

@@ -1,0 +1,103 @@
+"""Shared helpers of the algorithm trainer tests: tiny pipelines built once per session, a small config, and
+deterministic test rewards (loaded by dotted path, as a user's reward would be)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import torch
+
+from genalign.config import build_config
+from genalign.rewards.base import Reward
+from genalign.trainer import Trainer
+
+_ROOT = tempfile.mkdtemp(prefix="genalign_alg_trainer_")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(family: str) -> str:
+    from genalign.testing import tiny
+
+    out = os.path.join(_ROOT, family)
+    if family == "sd3":
+        return tiny.build_tiny_sd3(out)
+    if family == "sd":
+        return tiny.build_tiny_sd15(out)
+    raise ValueError(family)
+
+
+def make_config(tmp_path, algorithm: dict, rewards=None, family: str = "sd3", **train):
+    size = 16 if family == "sd3" else 32
+    raw = {
+        "model": {"family": family, "path": tiny_model(family), "height": size, "width": size,
+                  "lora": {"rank": 2, "alpha": 4}},
+        "sampler": {"num_steps": 2, "eval_num_steps": 2, "guidance_scale": 4.5,
+                    "kernel": "sde" if family == "sd3" else "ddim"},
+        "data": {"prompts": ["a red cube", "a blue ball", "a green tree"], "eval_prompts": ["a red cube"],
+                 "group_size": 3, "prompts_per_iteration": 2, "eval_seeds": [0]},
+        "train": {"iterations": 2, "learning_rate": 1e-2, "rollout_batch_size": 6, "train_batch_size": 3,
+                  "eval_every": 0, "save_every": 0, "optimizer_steps_per_iteration": 1, **train},
+        "algorithm": algorithm,
+        "rewards": rewards or [{"name": "tests.algorithms.trainer_utils:Brightness"}],
+        "run": {"output_dir": str(tmp_path / "run"), "log_with": [], "progress": False},
+    }
+    return build_config(raw)
+
+
+def trainer_for(cfg) -> Trainer:
+    tr = Trainer(cfg)
+    tr.setup()
+    return tr
+
+
+def snapshot(tr):
+    return [p.detach().clone() for p in tr.generator.trainable_parameters()]
+
+
+def changed(tr, before) -> int:
+    return sum(int(not torch.equal(a, b)) for a, b in zip(before, tr.generator.trainable_parameters()))
+
+
+class Brightness(Reward):
+    """Mean pixel intensity."""
+
+    def score(self, samples, prompts, metadata):
+        return samples.float().mean(dim=(1, 2, 3))
+
+
+class Darkness(Reward):
+    """1 − mean intensity (conflicts with Brightness)."""
+
+    def score(self, samples, prompts, metadata):
+        return 1 - samples.float().mean(dim=(1, 2, 3))
+
+
+class RedExcess(Reward):
+    """Mean of red minus the other channels."""
+
+    def score(self, samples, prompts, metadata):
+        s = samples.float()
+        return (s[:, 0] - 0.5 * (s[:, 1] + s[:, 2])).mean(dim=(1, 2))
+
+
+class Constant(Reward):
+    """The same reward for every sample (zero advantages)."""
+
+    def score(self, samples, prompts, metadata):
+        return torch.full((samples.shape[0],), 0.5)
+
+
+class SetBrightnessGap(Reward):
+    """Set reward: −|mean brightness of the batch − target|, broadcast to every sample."""
+
+    scope = "set"
+
+    def __init__(self, target: float = 0.8):
+        super().__init__()
+        self.target = target
+
+    def score(self, samples, prompts, metadata):
+        v = -abs(float(samples.float().mean()) - self.target)
+        return torch.full((samples.shape[0],), v)
