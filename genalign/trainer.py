@@ -97,6 +97,7 @@ class Trainer:
                 shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
         trackers = [t for t in cfg.run.log_with if t != "none"]
         self.accelerator = acc = Accelerator(
+            cpu=not has_accelerator_device(),  # so that torchrun/accelerate on a CPU-only host forms a gloo group
             mixed_precision=cfg.train.mixed_precision,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=self.out, logging_dir=os.path.join(self.out, "logs")),
@@ -541,6 +542,15 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def has_accelerator_device() -> bool:
+    if torch.cuda.is_available():
+        return True
+    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def list_checkpoints(out_dir: str) -> List[str]:

@@ -280,7 +280,7 @@ from genalign.registry import ALGORITHMS  # noqa: E402
 LOSSES = ("kto", "dpo")
 SPLITS = ("instance", "set")
 SPLIT_SCOPES = ("group", "batch")
-SET_CONTRIBUTIONS = ("loo", "given")
+SET_CONTRIBUTIONS = ("auto", "loo", "given")
 
 
 @ALGORITHMS.register("dragon")
@@ -292,11 +292,14 @@ class Dragon(Algorithm):
     * Rollouts need no log-probs: deterministic by default (``stochastic_rollout`` for the SDE/DDIM-η sampler).
     * ``split="instance"``: the weighted sum of the rewards per sample, split within each prompt group
       (``split_scope="group"``) or the batch at the median or top/bottom quantile (:func:`split_instance`).
-    * ``split="set"``: per-sample contributions — for every ``set``-scope reward, by leave-one-out on the
-      gathered batch (``set_contribution="loo"``: R(D) − R(D∖i), calling the reward on subsets, so the reward
-      must return its set value, e.g. ``digit_fd`` mode ``set`` or ``digit_diversity``), or its scores as given
-      (``"given"``, e.g. ``digit_fd`` mode ``leave_one_out``); sample-scope rewards contribute their centred
-      scores. Then :func:`split_by_contribution`, verifying R(D⁺) > R(D⁻) greedily when ``verify_set_split``.
+    * ``split="set"``: per-sample contributions c_i = R(D) − R(D∖i) for every ``set``-scope reward — computed
+      by leave-one-out on the gathered batch (``set_contribution="loo"``: the reward is evaluated on subsets,
+      through its ``set_value`` when it has one, else as the mean of its broadcast scores, e.g. ``digit_fd`` mode
+      ``set`` or ``digit_diversity``), or taken from its per-sample scores (``"given"``: rewards that already
+      score contributions, e.g. ``fd``/``vendi``/``mmd`` of genalign.rewards.distributional or ``digit_fd``
+      mode ``leave_one_out``). ``"auto"``: given for rewards with a ``set_value`` method, loo otherwise.
+      Sample-scope rewards contribute their centred scores. Then :func:`split_by_contribution`, greedily
+      verifying R(D⁺) > R(D⁻) when ``verify_set_split`` (and every set reward can be evaluated on a subset).
       [R] set construction (DRAGON's App. F procedure may differ).
     * ``loss="dpo"``: Diffusion-DPO on winner/loser pairs from :func:`make_pairs` (each pair shares t and ε);
       ``"kto"``: Diffusion-KTO on the unpaired D⁺ ∪ D⁻ (z₀ all-reduced over processes).
@@ -316,8 +319,8 @@ class Dragon(Algorithm):
     split_mode: str = field(default="median", metadata={"help": "median | quantile."})
     quantile: float = field(default=0.25, metadata={"help": "split_mode=quantile: top/bottom fraction q."})
     split_scope: str = field(default="group", metadata={"help": "split=instance: within prompt group | batch."})
-    set_contribution: str = field(default="loo", metadata={"help": "set rewards → contributions: loo | given."})
-    verify_set_split: bool = field(default=True, metadata={"help": "Greedily ensure R(D⁺) > R(D⁻) (set split, loo)."})
+    set_contribution: str = field(default="auto", metadata={"help": "set rewards → contributions: auto | loo | given."})
+    verify_set_split: bool = field(default=True, metadata={"help": "Greedily ensure R(D⁺) > R(D⁻) (set split)."})
     min_set_size: int = field(default=1, metadata={"help": "Smallest D⁺/D⁻ kept by the greedy verification."})
     cross_group_pairs: bool = field(default=True, metadata={"help": "DPO: zip leftovers across prompt groups."})
     num_timesteps: int = field(default=1, metadata={"help": "Noised copies (backward units) per sample per pass."})
@@ -384,14 +387,25 @@ class Dragon(Algorithm):
         return score, {"zero_std_ratio": 0.0}, torch.ones(score.shape[0], dtype=torch.bool)
 
     def _set_value_fn(self, ctx, samples: torch.Tensor, prompts: Sequence[str], k: int) -> Callable:
+        """R_k of an index subset of the gathered batch: the reward's ``set_value`` when it has one (genalign's
+        distributional rewards), else the mean of its scores on the subset (rewards broadcasting their set value,
+        e.g. ``digit_fd`` mode ``set``, ``digit_diversity``)."""
         reward = ctx.rewards[k]
+        dev = ctx.accelerator.device
 
         def value(idx: torch.Tensor) -> float:
             idx = torch.as_tensor(idx, dtype=torch.long)
-            out = reward(samples[idx].to(ctx.accelerator.device), [prompts[i] for i in idx.tolist()])
-            return float(torch.nanmean(out.float()))
+            sub, ps = samples[idx].to(dev), [prompts[i] for i in idx.tolist()]
+            if hasattr(reward, "set_value"):
+                return float(reward.set_value(sub, ps))
+            return float(torch.nanmean(reward(sub, ps).float()))
 
         return value
+
+    def _contribution_kind(self, reward) -> str:
+        if self.set_contribution != "auto":
+            return self.set_contribution
+        return "given" if hasattr(reward, "set_value") else "loo"
 
     def split_sets(self, ctx, ro) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         """Global D⁺/D⁻ index tensors (identical on every process) and split statistics."""
@@ -405,31 +419,41 @@ class Dragon(Algorithm):
             ref_score = score
         else:
             set_ks = [k for k, r in enumerate(ctx.rewards) if r.scope == "set"]
+            need_samples = any(self._contribution_kind(ctx.rewards[k]) == "loo" or hasattr(ctx.rewards[k], "set_value")
+                               for k in set_ks)
             samples = None
-            if self.set_contribution == "loo" and set_ks:
+            if need_samples:
                 acc = ctx.accelerator
                 samples = acc.gather(ro.samples.to(acc.device)).cpu() if acc.num_processes > 1 else ro.samples.cpu()
             contrib = torch.zeros(n, dtype=torch.float64)
             values = []
+            verifiable = bool(set_ks)
             for k, r in enumerate(ctx.rewards):
                 w = float(weights[k])
-                if r.scope == "set" and self.set_contribution == "loo":
-                    fn = self._set_value_fn(ctx, samples, prompts, k)
-                    values.append((w, fn))
-                    contrib += w * leave_one_out_contributions(fn, n)
+                if r.scope == "set":
+                    kind = self._contribution_kind(r)
+                    fn = self._set_value_fn(ctx, samples, prompts, k) if samples is not None else None
+                    if kind == "loo":
+                        contrib += w * leave_one_out_contributions(fn, n)
+                    else:  # the reward's per-sample scores are its contributions (R(D) − R(D∖i))
+                        contrib += w * torch.nan_to_num(per_reward[:, k].double(), nan=0.0)
+                    if kind == "loo" or hasattr(r, "set_value"):
+                        values.append((w, fn))
+                    else:
+                        verifiable = False  # no way to evaluate this reward on a subset
                 else:
                     col = per_reward[:, k].double()
-                    col = torch.nan_to_num(col - torch.nanmean(col), nan=0.0)
-                    contrib += w * col
-                    if r.scope != "set":
-                        values.append((w, lambda idx, c=per_reward[:, k]: float(torch.nanmean(c[idx].double()))))
-            verify = self.verify_set_split and self.set_contribution == "loo" and bool(set_ks)
+                    contrib += w * torch.nan_to_num(col - torch.nanmean(col), nan=0.0)
+                    values.append((w, lambda idx, c=per_reward[:, k]: float(torch.nanmean(c[idx].double()))))
+            verify = self.verify_set_split and verifiable
             set_value = (lambda idx: sum(w * fn(idx) for w, fn in values)) if verify else None
             pos, neg = split_by_contribution(contrib, set_value, self.split_mode, self.quantile, self.min_set_size,
                                              strict=True)
-            if verify and pos.numel() and neg.numel():
-                stats["dragon/set_value_pos"] = float(set_value(pos))
-                stats["dragon/set_value_neg"] = float(set_value(neg))
+            if verify:
+                stats["dragon/set_value_batch"] = float(set_value(torch.arange(n)))
+                if pos.numel() and neg.numel():
+                    stats["dragon/set_value_pos"] = float(set_value(pos))
+                    stats["dragon/set_value_neg"] = float(set_value(neg))
             ref_score = contrib
         if pos.numel():
             stats["dragon/score_pos"] = float(torch.nanmean(ref_score[pos].double()))

@@ -101,3 +101,22 @@ class SetBrightnessGap(Reward):
     def score(self, samples, prompts, metadata):
         v = -abs(float(samples.float().mean()) - self.target)
         return torch.full((samples.shape[0],), v)
+
+
+class SetBrightnessGapContrib(SetBrightnessGap):
+    """The same set reward in the convention of genalign.rewards.distributional: ``set_value`` is R(batch) and
+    the per-sample scores are the leave-one-out contributions R(batch) − R(batch − i)."""
+
+    def set_value(self, samples, prompts=None, metadata=None):
+        return torch.tensor(-abs(float(samples.float().mean()) - self.target), dtype=torch.float64)
+
+    def score(self, samples, prompts, metadata):
+        n = samples.shape[0]
+        full = float(self.set_value(samples))
+        keep = torch.ones(n, dtype=torch.bool)
+        out = []
+        for i in range(n):
+            keep[i] = False
+            out.append(full - float(self.set_value(samples[keep])))
+            keep[i] = True
+        return torch.tensor(out)

@@ -80,21 +80,37 @@ class Family:
             self._probe = (x, t, g.encode(PROMPTS, self.guidance)["pos"])
         return self._probe
 
-    def base_output(self):
+    def base_output(self, fresh_pipe=None):
         """The probe's output from the stock denoiser of a freshly loaded pipeline (no adapter)."""
         if self._base_out is None:
             with torch.no_grad():
-                net = getattr(_fresh_pipe(self), self.gen.denoiser_name)
+                net = getattr(fresh_pipe or _fresh_pipe(self), self.gen.denoiser_name)
                 self._base_out = self.gen.model_forward(net, *self.probe()).float()
         return self._base_out
 
 
+@pytest.fixture(scope="module")
+def _families(tmp_path_factory):
+    cache = {}
+
+    def get(name):  # each tiny pipeline is built and loaded once per module
+        if name not in cache:
+            builder, kw = FAMILIES[name][:2]
+            cache[name] = Family(name, builder(str(tmp_path_factory.mktemp(f"tiny_{name}")), **kw))
+        return cache[name]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def fam(request, tmp_path_factory):
-    name = request.param
-    builder, kw = FAMILIES[name][:2]
-    path = builder(str(tmp_path_factory.mktemp(f"tiny_{name}")), **kw)
-    return Family(name, path)
+def fam(request, _families):
+    return _families(request.param)
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux", "sd", "sdxl"])
+def lora_fam(request, _families):
+    """The adapter-mechanics tests need one SD-1.x variant only (v-prediction changes nothing there)."""
+    return _families(request.param)
 
 
 def test_registry_names():
@@ -120,7 +136,7 @@ def test_rollout_shapes(fam):
         assert torch.all(sch.sigmas[1:] < sch.sigmas[:-1])
     else:
         assert sch.alphas.shape == (T + 1,) and torch.all(sch.alphas[1:] > sch.alphas[:-1])
-    # every step of a stochastic rollout has a log-prob, except CPS's deterministic last step
+    # every step of a stochastic sde/ddim rollout has a log-prob
     assert torch.isfinite(ro.log_probs).all()
     assert ro.train_steps.tolist() == [list(range(T))] * n
     # per-sample randomness: the same seed alone reproduces sample 1 of the batch (up to batch-size-dependent
@@ -171,7 +187,8 @@ def _fresh_pipe(fam):
     return cls.from_pretrained(fam.path, **kw)
 
 
-def test_lora_trainable_save_and_diffusers_load(fam, tmp_path):
+def test_lora_trainable_save_and_diffusers_load(lora_fam, tmp_path):
+    fam = lora_fam
     g = fam.gen
     named = g.named_trainable_parameters()
     assert named and all(".lora_A." in n or ".lora_B." in n for n, _ in named)
@@ -189,15 +206,16 @@ def test_lora_trainable_save_and_diffusers_load(fam, tmp_path):
     x, t, cond = fam.probe()
     with torch.no_grad():
         adapted = g.model_forward(g.denoiser, x, t, cond).float()
-        base = fam.base_output()
         fresh = _fresh_pipe(fam)
+        base = fam.base_output(fresh)
         fresh.load_lora_weights(out_dir)
         loaded = g.model_forward(getattr(fresh, g.denoiser_name), x, t, cond).float()
     assert float((adapted - base).abs().max()) > 1e-3  # the perturbed adapter changes the output
     torch.testing.assert_close(loaded, adapted, atol=1e-5, rtol=1e-5)
 
 
-def test_reference_disables_adapter(fam):
+def test_reference_disables_adapter(lora_fam):
+    fam = lora_fam
     g = fam.gen
     x, t, cond = fam.probe()
     with torch.no_grad():
@@ -212,12 +230,12 @@ def test_reference_disables_adapter(fam):
 
 
 # ------------------------------------------------------------------------------------------------- family details
-def test_flux_details(tmp_path_factory):
+def test_flux_details(_families):
     from genalign.models.flux import FluxGenerator
 
-    path = tiny.build_tiny_flux(str(tmp_path_factory.mktemp("flux_d")))
-    g = FluxGenerator.load(_cfg("flux", path))
-    g.max_sequence_length = 32
+    fam = _families("flux")
+    g, path = fam.gen, fam.path
+    assert isinstance(g, FluxGenerator)
     # packed latents: (H/2·W/2 patches of the 16×16 latent grid, 4·C channels)
     assert g.latent_shape() == ((16 // 2) * (16 // 2), 4 * 4)
     x = torch.randn(2, *g.latent_shape())
@@ -248,11 +266,13 @@ def test_flux_details(tmp_path_factory):
         FluxGenerator(g.pipe, ModelConfig(family="flux", path=path, height=30, width=32))
 
 
-def test_sd_schedule_and_errors(tmp_path_factory):
+def test_sd_schedule_and_errors(_families):
     from genalign.models.sd import SDGenerator
 
-    path = tiny.build_tiny_sd15(str(tmp_path_factory.mktemp("sd_d")))
-    g = SDGenerator.load(_cfg("sd", path))
+    fam = _families("sd")
+    g, path = fam.gen, fam.path
+    assert isinstance(g, SDGenerator) and g.prediction_type == "epsilon"
+    assert _families("sd_v").gen.prediction_type == "v_prediction"
     # ᾱ of the scaled-linear schedule, computed here independently
     betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     abar = np.cumprod(1 - betas)
@@ -272,3 +292,25 @@ def test_sd_schedule_and_errors(tmp_path_factory):
     _, _, std = g.step_log_prob(g.denoiser, ro, torch.tensor([1]), scfg)
     a_t, a_p = abar[501], abar[251]
     assert float(std) == pytest.approx(np.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)), rel=1e-4)
+
+
+@pytest.mark.parametrize("spacing,one,expect_t", [("trailing", False, [999, 749, 499, 249]),
+                                                   ("leading", True, [751, 501, 251, 1])])
+def test_ddim_schedule_spacings(spacing, one, expect_t, caplog):
+    from diffusers import DDIMScheduler
+
+    from genalign.models.sd import ddim_schedule
+
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=one, steps_offset=1, timestep_spacing=spacing)
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1 - betas)
+    with caplog.at_level("WARNING"):
+        sch = ddim_schedule(sched, 4)
+    assert sch.timesteps.tolist() == expect_t
+    final = 1.0 if one else abar[0]  # DDIM's final_alpha_cumprod (t − 1000/T < 0 after the last step)
+    np.testing.assert_allclose(sch.alphas.numpy(), [*abar[expect_t], final], rtol=1e-5)
+    assert "not uniform" not in caplog.text
+    with caplog.at_level("WARNING"):
+        ddim_schedule(DDIMScheduler.from_config(sched.config, timestep_spacing="linspace"), 4)
+    assert "not uniform" in caplog.text  # linspace: DDIM's t−1000/T rule misses t_{i+1}; we say so

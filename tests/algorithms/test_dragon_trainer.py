@@ -1,0 +1,94 @@
+"""DRAGON (METHODS.md §6) in the trainer: D⁺/D⁻ splits, Diffusion-DPO / Diffusion-KTO against the base."""
+
+import math
+
+import pytest
+import torch
+
+from genalign.algorithms.dragon import Dragon
+from genalign.config import make_algorithm
+from genalign.errors import ConfigError
+
+from .trainer_utils import changed, make_config, snapshot, trainer_for
+
+
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_dragon_run_changes_parameters(tmp_path, loss):
+    cfg = make_config(tmp_path, {"name": "dragon", "loss": loss}, iterations=1)
+    tr = trainer_for(cfg)
+    before = snapshot(tr)
+    tr.train()
+    assert changed(tr, before) == len(before)
+
+
+def test_first_update_starts_from_the_neutral_loss(tmp_path):
+    """At θ = reference (LoRA B = 0) every Δ = 0: DPO loss = log 2, KTO loss = λ·(1 − σ(0)) = ½."""
+    for loss, expected in (("dpo", math.log(2.0)), ("kto", 0.5)):
+        cfg = make_config(tmp_path / loss, {"name": "dragon", "loss": loss})
+        tr = trainer_for(cfg)
+        ro = tr.do_rollout(0)
+        per, groups, prompts = tr.score(ro)
+        tr.algorithm.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
+        pos, neg, st = tr.algorithm.split_sets(tr, ro)
+        assert st["dragon/n_pos"] == len(pos) > 0 and st["dragon/score_pos"] > st["dragon/score_neg"]
+        part = list(zip(pos.tolist(), neg.tolist())) if loss == "dpo" else [(int(i), 1) for i in pos] + [(int(i), 0) for i in neg]
+        value, _ = tr.algorithm._unit_loss(tr, ro, part, 0, tr.algorithm.effective_beta, None)
+        assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_instance_split_is_per_prompt_group(tmp_path):
+    cfg = make_config(tmp_path, {"name": "dragon"})
+    tr = trainer_for(cfg)
+    alg = tr.algorithm
+    per = torch.tensor([[0.1], [0.5], [0.3], [0.9], [0.2], [0.4]])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    alg.advantages(per, [1.0], groups, ["a"] * 6, "sum_then_normalize")
+    pos, neg, _ = alg.split_sets(tr, None)
+    assert pos.tolist() == [1, 3] and neg.tolist() == [0, 4]  # each group's median (0.3, 0.4) is dropped
+    alg.split_scope = "batch"
+    pos, neg, _ = alg.split_sets(tr, None)  # batch median 0.35
+    assert pos.tolist() == [1, 3, 5] and neg.tolist() == [0, 2, 4]
+
+
+@pytest.mark.parametrize("reward", ["SetBrightnessGap", "SetBrightnessGapContrib"])
+def test_set_split_by_leave_one_out_contribution(tmp_path, reward):
+    """Broadcast set values → LOO computed by DRAGON; contribution-scoring rewards → their scores as given."""
+    cfg = make_config(tmp_path, {"name": "dragon", "split": "set", "loss": "kto"},
+                      rewards=[{"name": f"tests.algorithms.trainer_utils:{reward}", "target": 0.8}],
+                      iterations=1)
+    tr = trainer_for(cfg)
+    alg = tr.algorithm
+    ro = tr.do_rollout(0)
+    # synthetic samples with known brightness: the set is too dark, so bright samples contribute positively
+    levels = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.7])
+    ro.samples = levels.reshape(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    per, groups, prompts = tr.score(ro)
+    if reward == "SetBrightnessGap":
+        assert torch.allclose(per, per[0])  # the set value broadcast to every sample
+    else:  # contributions: R(D) − R(D∖i) = −0.5 + |mean(D∖i) − 0.8|, e.g. i = 0 (0.1): mean(D∖0) = 0.58
+        assert float(per[0, 0]) == pytest.approx(-0.5 + 0.22, abs=1e-5)
+    alg.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
+    pos, neg, st = alg.split_sets(tr, ro)
+    assert pos.tolist() == [1, 3, 5] and neg.tolist() == [0, 2, 4]
+    assert st["dragon/set_value_pos"] > st["dragon/set_value_neg"]
+    before = snapshot(tr)
+    out = alg.update(tr, ro, torch.zeros(len(ro)))
+    assert out["dragon/n_items"] == 6 and out["loss"] == out["loss"]
+    assert changed(tr, before) == len(before)
+
+
+def test_dragon_dpo_on_an_eps_prediction_model(tmp_path):
+    cfg = make_config(tmp_path, {"name": "dragon", "loss": "dpo", "stochastic_rollout": True}, family="sd",
+                      iterations=1)
+    tr = trainer_for(cfg)
+    assert tr.algorithm.needs_log_probs
+    before = snapshot(tr)
+    tr.train()
+    assert changed(tr, before) == len(before)
+
+
+@pytest.mark.parametrize("args", [{"loss": "ipo"}, {"split": "pairs"}, {"split_mode": "mean"}, {"beta": -1.0},
+                                  {"quantile": 0.7}, {"set_contribution": "shapley"}, {"num_timesteps": 0}])
+def test_dragon_config_errors(args):
+    with pytest.raises(ConfigError):
+        make_algorithm(Dragon, args)
