@@ -393,9 +393,25 @@ def _get(cfg, dotted: str):
     return cur
 
 
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(p):
+    """A relative path that does not exist from the working directory but does from the genalign checkout
+    (shipped assets, recipes) resolves to the latter, so recipes run from any directory."""
+    if not isinstance(p, str) or not p or os.path.isabs(p) or os.path.exists(p):
+        return p
+    alt = os.path.join(PACKAGE_ROOT, p)
+    return alt if os.path.exists(alt) else p
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks and registry look-ups; raises ConfigError with one line."""
     from .registry import ALGORITHMS, MODELS, REWARDS
+
+    cfg.data.prompts = resolve_path(cfg.data.prompts)
+    cfg.data.eval_prompts = resolve_path(cfg.data.eval_prompts)
+    cfg.model.path = resolve_path(cfg.model.path)
 
     for key, valid in ENUMS.items():
         v = _get(cfg, key)

@@ -1,0 +1,32 @@
+"""Every shipped recipe validates (schema, registry names, enums) and opens with the command that launches it."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from genalign.config import load_config
+
+from .helpers import REPO
+
+RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+                 if os.sep + "accelerate" + os.sep not in p)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[os.path.relpath(p, REPO) for p in RECIPES])
+def test_recipe_validates_and_starts_with_its_command(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    first = open(path).readline()
+    assert first.startswith("# ") and ("genalign" in first), f"{path} must open with its launch command"
+    raw = yaml.safe_load(open(path))
+    prompts = (raw.get("data") or {}).get("prompts")
+    if isinstance(prompts, str) and prompts.startswith("runs/"):
+        pytest.fail(f"{path} reads prompts from a generated folder")
+    load_config(path)
+
+
+def test_accelerate_configs_parse():
+    for p in glob.glob(os.path.join(REPO, "configs", "accelerate", "*.yaml")):
+        d = yaml.safe_load(open(p))
+        assert "distributed_type" in d and open(p).readline().startswith("# accelerate launch")
