@@ -97,6 +97,14 @@ class FluxGenerator(Generator):
     def uses_cfg(self, guidance_scale: float) -> bool:
         return False  # FLUX.1-dev: embedded guidance only; true CFG is not offered
 
+    def predict(self, model, x, t, cond, guidance_scale: float, detach_uncond: bool = False) -> torch.Tensor:
+        """As the base, with the embedded guidance set from ``guidance_scale`` (not the value ``encode`` saw),
+        so that a caller asking for another scale on the same conditioning gets it."""
+        if "guidance" in cond.get("pos", {}):
+            g = torch.full((x.shape[0],), float(guidance_scale), dtype=torch.float32, device=x.device)
+            cond = {**cond, "pos": {**cond["pos"], "guidance": g}}
+        return super().predict(model, x, t, cond, guidance_scale, detach_uncond)
+
     def _ids(self, seq_len: int, dtype):
         h, w = self._grid()
         img_ids = self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, dtype)

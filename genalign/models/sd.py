@@ -63,8 +63,7 @@ class _VPGenerator(Generator):
     def __init__(self, pipe, cfg, device="cpu"):
         from diffusers import DDIMScheduler
 
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
-        pred = pipe.scheduler.config.prediction_type
+        pred = pipe.scheduler.config.get("prediction_type", "epsilon")
         if pred not in _PREDICTION_TYPES:
             raise ConfigError(f"scheduler prediction_type {pred!r} is not supported; valid choices: "
                               + ", ".join(_PREDICTION_TYPES))
@@ -72,7 +71,9 @@ class _VPGenerator(Generator):
             raise ConfigError("UNets with a guidance embedding (time_cond_proj_dim, LCM-distilled) are not supported")
         f = pipe.vae_scale_factor
         if cfg.height % f or cfg.width % f:
-            raise ConfigError(f"'model.height' and 'model.width' must be divisible by {f} (got {cfg.height}x{cfg.width})")
+            raise ConfigError(f"'model.height' and 'model.width' must be divisible by {f} "
+                              f"(got {cfg.height}x{cfg.width})")
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
         self.prediction_type = pred
         super().__init__(pipe, cfg, device)
 

@@ -1,6 +1,12 @@
 """Tiny random-weight diffusers pipelines of each supported family, built from configs (as diffusers' own
 tests do) and saved with ``save_pretrained`` so that tests load them through the same code path a hub id
-takes. Tokenizers are built offline (CLIP BPE from open_clip's merges file).
+takes. Tokenizers are built offline (CLIP BPE from open_clip's merges file; FLUX's T5 tokenizer is a small
+Unigram model trained here with the ``tokenizers`` library).
+
+    build_tiny_sd3(dir)   build_tiny_flux(dir)   build_tiny_sd15(dir[, prediction_type])   build_tiny_sdxl(dir)
+
+Each writes a diffusers pipeline folder into ``dir`` (32×32-pixel samples; 1–2 layers, 8–32 channels) and
+returns ``dir``.
 """
 
 from __future__ import annotations

@@ -198,12 +198,18 @@ def test_lora_trainable_save_and_diffusers_load(lora_fam, tmp_path):
             assert not extra, (comp_name, extra[:3])
     targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in named}
     assert {"to_q", "to_k", "to_v"} <= targets
+    # every default LoRA module feeds the output: each trainable tensor receives a gradient
+    x, t, cond = fam.probe()
+    g.denoiser.zero_grad(set_to_none=True)
+    g.model_forward(g.denoiser, x, t, cond).float().square().mean().backward()
+    no_grad = [n for n, p in named if p.grad is None or float(p.grad.abs().max()) == 0]
+    g.denoiser.zero_grad(set_to_none=True)
+    assert not no_grad, no_grad[:4]
 
     out_dir = str(tmp_path / "lora")
     g.save_lora(out_dir)
     assert os.path.isfile(os.path.join(out_dir, "pytorch_lora_weights.safetensors"))
 
-    x, t, cond = fam.probe()
     with torch.no_grad():
         adapted = g.model_forward(g.denoiser, x, t, cond).float()
         fresh = _fresh_pipe(fam)
@@ -250,6 +256,8 @@ def test_flux_details(_families):
     with torch.no_grad():
         o1, o2 = g.model_forward(g.denoiser, x, t, c1), g.model_forward(g.denoiser, x, t, c2)
     assert float((o1 - o2).abs().max()) > 1e-4
+    with torch.no_grad():  # predict() follows its guidance_scale argument whatever encode() was given
+        torch.testing.assert_close(g.predict(g.denoiser, x, t, {"pos": c1}, 5.0), o2.float(), atol=0, rtol=0)
     # schedule: stock dynamic shift exp(μ)/(exp(μ)+1/s−1), μ = linear in seq len (FLUX calculate_shift)
     T4 = 4
     s = np.linspace(1.0, 1 / T4, T4)
