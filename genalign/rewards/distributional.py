@@ -247,18 +247,22 @@ class SetReward(_DistributionalBase):
     def loo_values_from_embeddings(self, e: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def ref(self) -> torch.Tensor:
+        """Reference embeddings on the reward's device (set statistics run there: float64 eigensolvers)."""
+        return self.exemplars.embeddings.to(self.device)
+
     def set_value(self, samples: torch.Tensor, prompts=None, metadata=None) -> torch.Tensor:
         """The set reward R(batch) as a float64 scalar tensor (prompts/metadata accepted, unused)."""
         with torch.no_grad():
-            return self.set_value_from_embeddings(self.embed(samples))
+            return self.set_value_from_embeddings(self.embed(samples).to(self.device)).cpu()
 
     def score(self, samples, prompts, metadata):
         n = samples.shape[0]
         if n < 3:
             raise GenalignError(f"reward '{self.name}' ranks samples by leave-one-out contribution and needs at least "
                                 f"3 samples per set, got {n}")
-        e = self.embed(samples)
-        return (self.set_value_from_embeddings(e) - self.loo_values_from_embeddings(e)).float()
+        e = self.embed(samples).to(self.device)
+        return (self.set_value_from_embeddings(e) - self.loo_values_from_embeddings(e)).float().cpu()
 
 
 @REWARDS.register("fd")
@@ -273,10 +277,10 @@ class FrechetDistanceReward(SetReward):
         self.eps = float(eps)
 
     def set_value_from_embeddings(self, e):
-        return -stats.frechet_distance(e, self.exemplars.embeddings, eps=self.eps)
+        return -stats.frechet_distance(e, self.ref(), eps=self.eps)
 
     def loo_values_from_embeddings(self, e):
-        return -stats.frechet_distance_loo(e, self.exemplars.embeddings, eps=self.eps)
+        return -stats.frechet_distance_loo(e, self.ref(), eps=self.eps)
 
 
 @REWARDS.register("fd_contribution")
@@ -299,10 +303,10 @@ class MMDReward(SetReward):
         self.kernel = {"degree": int(degree), "coef0": float(coef0)}
 
     def set_value_from_embeddings(self, e):
-        return -stats.mmd2_unbiased(e, self.exemplars.embeddings, **self.kernel)
+        return -stats.mmd2_unbiased(e, self.ref(), **self.kernel)
 
     def loo_values_from_embeddings(self, e):
-        return -stats.mmd2_unbiased_loo(e, self.exemplars.embeddings, **self.kernel)
+        return -stats.mmd2_unbiased_loo(e, self.ref(), **self.kernel)
 
 
 @REWARDS.register("vendi")

@@ -32,7 +32,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -190,6 +190,7 @@ def serve(reward_name: str, args: Optional[Dict[str, Any]] = None, host: str = "
           device: Optional[str] = None, ready: Optional[callable] = None) -> None:
     """Build reward ``reward_name`` with ``args`` and serve it until interrupted (blocking)."""
     reward = build_reward(reward_name, args or {})
+    reward.name = reward_name
     if device:
         reward.to(device)
     server = make_server(reward, host, port, max_request_bytes, request_timeout)

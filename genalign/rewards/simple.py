@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Dict, Sequence
+from typing import Sequence
 
 import torch
 

@@ -28,13 +28,17 @@ def _f64(x) -> torch.Tensor:
     return x.detach().to(_DT)
 
 
-def mean_cov(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased covariance (denominator n − 1) of the rows of ``x`` (n, d); needs n ≥ 2."""
+def mean_cov(x: torch.Tensor, allow_single: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance (denominator n − 1) of the rows of ``x`` (n, d); needs n ≥ 2
+    (or n ≥ 1 with ``allow_single``: a single point has zero covariance)."""
     x = _f64(x)
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"need a (n >= 2, d) feature matrix, got shape {tuple(x.shape)}")
+    lo = 1 if allow_single else 2
+    if x.dim() != 2 or x.shape[0] < lo:
+        raise ValueError(f"need a (n >= {lo}, d) feature matrix, got shape {tuple(x.shape)}")
     mu = x.mean(0)
     xc = x - mu
+    if x.shape[0] == 1:
+        return mu, torch.zeros(x.shape[1], x.shape[1], dtype=_DT, device=x.device)
     return mu, xc.T @ xc / (x.shape[0] - 1)
 
 
@@ -87,13 +91,14 @@ def frechet_distance(gen: torch.Tensor, ref: torch.Tensor, eps: float = 0.0) -> 
 
     Use ``eps > 0`` (e.g. 1e-6) when n or m is below d; without it the result is still real and finite.
     When n − 1 ≤ d the generated covariance is factorised by its centred data (no d×d decomposition).
+    A single generated sample (n = 1) is a point mass (zero covariance).
     """
     gen = _f64(gen)
-    mu_g, s_g = mean_cov(gen)
+    mu_g, s_g = mean_cov(gen, allow_single=True)
     mu_r, s_r = mean_cov(ref)
     n, d = gen.shape
     factor = None
-    if not eps and n - 1 <= d:
+    if not eps and 2 <= n <= d + 1:
         factor = (gen - mu_g).T / (n - 1) ** 0.5
     return frechet_distance_from_stats(mu_g, s_g, mu_r, s_r, eps=eps, factor_g=factor)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -231,8 +231,8 @@ class ImageRewardReward(Reward):
             ``<model>/mlp.safetensors``.
         max_length: prompt token length (35 in ImageReward). mean/std: output normalisation (released values).
 
-    The released ``ImageReward.pt`` (BLIP reference-code names, ``blip.*`` and ``mlp.*``) is not read directly:
-    converting it needs the BLIP→transformers key mapping, which is not implemented here.
+    The released ``ImageReward.pt`` (BLIP reference-code names, ``blip.*`` and ``mlp.*``) is converted once
+    into such a directory with :func:`convert_image_reward_checkpoint`.
     """
 
     differentiable = True
@@ -287,6 +287,83 @@ class ImageRewardReward(Reward):
                                       encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts)
         raw = self.head(out.last_hidden_state[:, 0, :]).squeeze(-1)
         return ((raw - self.mean) / self.std).float().to(samples.device)
+
+
+# BLIP reference-code (salesforce/BLIP models/vit.py) vision names -> transformers' BlipVisionModel names.
+# The text encoder (models/med.py BertModel) uses the same names in both. Applied in order.
+_BLIP_VISION_RENAMES = [
+    (r"^visual_encoder\.cls_token$", "vision_model.embeddings.class_embedding"),
+    (r"^visual_encoder\.pos_embed$", "vision_model.embeddings.position_embedding"),
+    (r"^visual_encoder\.patch_embed\.proj\.", "vision_model.embeddings.patch_embedding."),
+    (r"^visual_encoder\.norm\.", "vision_model.post_layernorm."),
+    (r"^visual_encoder\.blocks\.(\d+)\.norm1\.", r"vision_model.encoder.layers.\1.layer_norm1."),
+    (r"^visual_encoder\.blocks\.(\d+)\.norm2\.", r"vision_model.encoder.layers.\1.layer_norm2."),
+    (r"^visual_encoder\.blocks\.(\d+)\.attn\.qkv\.", r"vision_model.encoder.layers.\1.self_attn.qkv."),
+    (r"^visual_encoder\.blocks\.(\d+)\.attn\.proj\.", r"vision_model.encoder.layers.\1.self_attn.projection."),
+    (r"^visual_encoder\.blocks\.(\d+)\.mlp\.", r"vision_model.encoder.layers.\1.mlp."),
+]
+
+
+def blip_key_to_transformers(key: str) -> str:
+    for pat, rep in _BLIP_VISION_RENAMES:
+        new = re.sub(pat, rep, key)
+        if new != key:
+            return new
+    return key
+
+
+def image_reward_default_config():
+    """ImageReward's backbone: BLIP ViT-L/16 at 224 px + BERT-base text encoder cross-attending to it."""
+    from transformers import BlipConfig
+
+    return BlipConfig(
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=16, layer_norm_eps=1e-6),
+        text_config=dict(vocab_size=30524, hidden_size=768, encoder_hidden_size=1024, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512),
+        projection_dim=256, image_text_hidden_size=256,
+    )
+
+
+def convert_image_reward_checkpoint(checkpoint: str, out_dir: str, tokenizer: str, config=None) -> str:
+    """Convert the released ``ImageReward.pt`` into a directory that ``image_reward`` loads.
+
+    ``tokenizer`` is a local BERT (bert-base-uncased) tokenizer directory; ImageReward adds ``[DEC]`` (bos) and
+    ``[ENC]`` tokens, added here too when missing. ``config`` is a ``BlipConfig`` (default: ImageReward's).
+    The retrieval model's ``vision_proj``/``text_proj``/``itm_head`` are unused by the score and may be absent
+    from the checkpoint. Key mapping follows transformers' BLIP conversion; not verified against the released
+    file here (no download possible), verified on a tiny round trip in the tests.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
+
+    sd = load_state_dict(checkpoint, "ImageReward checkpoint")
+    backbone = {blip_key_to_transformers(k[len("blip."):]): v for k, v in sd.items() if k.startswith("blip.")}
+    head = {k: v for k, v in sd.items() if k.startswith("mlp.layers.")}
+    if not backbone or not head:
+        raise CheckpointError(f"'{checkpoint}' is not an ImageReward checkpoint (expected 'blip.*' and 'mlp.layers.*' keys)")
+    model = BlipForImageTextRetrieval(config if config is not None else image_reward_default_config())
+    res = model.load_state_dict(backbone, strict=False)
+    optional = ("vision_proj.", "text_proj.", "itm_head.", "text_encoder.embeddings.position_ids")
+    missing = [k for k in res.missing_keys if not k.startswith(optional)]
+    unexpected = [k for k in res.unexpected_keys if not k.startswith(optional)
+                  and not k.startswith(("text_encoder_m", "visual_encoder_m", "vision_proj_m", "text_proj_m"))]
+    if missing or unexpected:
+        raise CheckpointError(f"ImageReward checkpoint '{checkpoint}' does not fit the BLIP config: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    tok = load_pretrained(AutoTokenizer, tokenizer, "BERT tokenizer")
+    if tok.bos_token is None:
+        tok.add_special_tokens({"bos_token": "[DEC]"})
+    if "[ENC]" not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    size = model.config.vision_config.image_size
+    BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(OPENAI_CLIP_MEAN),
+                       image_std=list(OPENAI_CLIP_STD), resample=3).save_pretrained(out_dir)
+    save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(out_dir, "mlp.safetensors"))
+    return out_dir
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from genalign.errors import CheckpointError
 from genalign.rewards.base import build_reward
-from conftest import COLORS, caption, color_images
+from reward_fixtures import COLORS, caption, color_images
 
 NAMES = list(COLORS)
 
@@ -20,8 +20,11 @@ def _matrix(reward, imgs):
 def test_matching_captions_score_higher(name, tiny_clip_dir):
     args = {"model": tiny_clip_dir} if name == "clip_score" else {"model": tiny_clip_dir, "processor": tiny_clip_dir}
     r = build_reward(name, args)
-    imgs = color_images(NAMES, seed=1234)  # fresh noise, not seen in training
+    imgs = color_images(NAMES, seed=1234).requires_grad_(True)  # fresh noise, not seen in training
     m = _matrix(r, imgs)
+    m.trace().backward()
+    assert imgs.grad.abs().sum() > 0
+    m, imgs = m.detach(), imgs.detach()
     assert m.shape == (3, 3) and torch.isfinite(m).all()
     for i in range(3):
         assert m[i, i] == m[i].max(), m
@@ -44,8 +47,10 @@ def test_clip_score_gradient_reaches_pixels_and_any_size(tiny_clip_dir):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_missing_model_is_a_checkpoint_error(tmp_path):
-    r = build_reward("clip_score", {"model": str(tmp_path / "nope")})
+@pytest.mark.parametrize("where", ["local", "hub"])
+def test_missing_model_is_a_checkpoint_error(tmp_path, where):
+    model = str(tmp_path / "nope") if where == "local" else "genalign-tests/no-such-clip"  # offline: not in cache
+    r = build_reward("clip_score", {"model": model})
     with pytest.raises(CheckpointError, match="cannot load CLIP model"):
         r(torch.rand(1, 3, 32, 32), ["x"])
 

@@ -102,3 +102,11 @@ def test_fd_timing_5000x64(capsys):
     assert torch.isfinite(fd)
     with capsys.disabled():
         print(f"\n[timing] frechet_distance 5000x64 vs 5000x64 float64 on CPU: {dt * 1000:.1f} ms (fd={fd.item():.4f})")
+
+
+def test_fd_single_generated_sample_is_a_point_mass():
+    y = torch.tensor([[0.0], [2.0]])  # mean 1, var 2
+    # FD(δ_3, N(1, 2)) = (3 - 1)^2 + 0 + 2 - 0
+    assert stats.frechet_distance(torch.tensor([[3.0]]), y).item() == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        stats.mmd2_unbiased(torch.tensor([[3.0]]), y)

@@ -11,7 +11,7 @@ from genalign.errors import CheckpointError, ConfigError
 from genalign.rewards.base import build_reward
 from genalign.rewards.clip import ImagePreprocess
 from genalign.rewards.zoo import edit_distance, quoted_text
-from conftest import COLORS, caption, color_images, train_contrastive, trainable
+from reward_fixtures import COLORS, caption, color_images, train_contrastive, trainable
 
 NAMES = list(COLORS)
 
@@ -171,8 +171,53 @@ def test_ocr_reward_with_injected_engine():
 
 
 def test_ocr_engine_by_dotted_path_and_unknown():
-    r = build_reward("ocr", {"engine": "conftest:caption"})  # any importable callable: caption(img) -> str
+    r = build_reward("ocr", {"engine": "reward_fixtures:caption"})  # any importable callable: caption(img) -> str
     out = r(torch.rand(1, 3, 8, 8), ['"x"'])
     assert 0.0 <= out.item() <= 1.0
     with pytest.raises(ConfigError, match="unknown ocr engine"):
         build_reward("ocr", {"engine": "tesseractz"})(torch.rand(1, 3, 8, 8), ['"x"'])
+
+
+def _to_blip_reference_names(key):
+    """transformers BLIP vision names -> salesforce/BLIP reference-code names (the inverse, written out)."""
+    import re
+
+    table = [
+        (r"^vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
+        (r"^vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+        (r"^vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
+        (r"^vision_model\.post_layernorm\.", "visual_encoder.norm."),
+        (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"visual_encoder.blocks.\1.norm\2."),
+        (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
+        (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
+        (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
+    ]
+    for pat, rep in table:
+        new = re.sub(pat, rep, key)
+        if new != key:
+            return new
+    return key
+
+
+def test_convert_image_reward_checkpoint_round_trip(tiny_image_reward, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from genalign.rewards.zoo import convert_image_reward_checkpoint
+
+    d, _ = tiny_image_reward
+    hf = BlipForImageTextRetrieval.from_pretrained(str(d)).state_dict()
+    orig = {"blip." + _to_blip_reference_names(k): v for k, v in hf.items()
+            if not k.startswith(("vision_proj", "text_proj", "itm_head"))}
+    assert any(k.startswith("blip.visual_encoder.blocks.0.attn.qkv") for k in orig)
+    orig.update(load_file(str(d / "mlp.safetensors")))
+    torch.save(orig, str(tmp_path / "ImageReward.pt"))
+    out = convert_image_reward_checkpoint(str(tmp_path / "ImageReward.pt"), str(tmp_path / "conv"), str(d),
+                                          config=BlipConfig.from_pretrained(str(d)))
+    x = color_images(NAMES, seed=3)
+    a = build_reward("image_reward", {"model": str(d), "max_length": 12})(x, [caption("red")] * 3)
+    b = build_reward("image_reward", {"model": out, "max_length": 12})(x, [caption("red")] * 3)
+    assert torch.allclose(a, b, atol=1e-5)
+    torch.save({"something": torch.zeros(1)}, str(tmp_path / "bad.pt"))
+    with pytest.raises(CheckpointError, match="not an ImageReward checkpoint"):
+        convert_image_reward_checkpoint(str(tmp_path / "bad.pt"), str(tmp_path / "c2"), str(d))
