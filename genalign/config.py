@@ -46,6 +46,9 @@ class ModelConfig:
     height: int = field(default=512, metadata={"help": "Image height in pixels."})
     width: int = field(default=512, metadata={"help": "Image width in pixels."})
     lora: LoraConfig = field(default_factory=LoraConfig)
+    max_sequence_length: Optional[int] = field(
+        default=None, metadata={"help": "T5 tokens (SD3/FLUX); null = the pipeline's default (256 / 512)."}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Checkpoint denoiser blocks."})
     enable_xformers: bool = field(default=False, metadata={"help": "Use xformers attention (CUDA only)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the hub."})
@@ -117,6 +120,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=3, metadata={"help": "Checkpoints kept on disk."})
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this many minutes (0 = no limit)."})
     deterministic: bool = field(default=False, metadata={"help": "torch deterministic algorithms."})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0 = torch's default)."})
 
 
 @dataclass

@@ -102,6 +102,8 @@ class Trainer:
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=self.out, logging_dir=os.path.join(self.out, "logs")),
         )
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(cfg.train.seed)

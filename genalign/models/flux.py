@@ -87,7 +87,7 @@ class FluxGenerator(Generator):
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
         pe, pooled, _ = self.pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=self.device,
-                                                max_sequence_length=self.max_sequence_length)
+                                                max_sequence_length=self.cfg.max_sequence_length or self.max_sequence_length)
         pos = {"enc": pe, "pooled": pooled}
         if self.denoiser.config.guidance_embeds:  # embedded (distilled) guidance, one value per sample
             pos["guidance"] = torch.full((len(prompts),), float(guidance_scale), dtype=torch.float32,
@@ -138,4 +138,4 @@ class FluxGenerator(Generator):
         lat = self.initial_noise(seeds).to(self.weight_dtype)
         return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
                          height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt",
-                         max_sequence_length=self.max_sequence_length, **kw).images
+                         max_sequence_length=self.cfg.max_sequence_length or self.max_sequence_length, **kw).images

@@ -82,6 +82,7 @@ class SD3Generator(Generator):
         pe, ne, pp, npool = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=cfg, negative_prompt=[""] * len(prompts) if cfg else None,
+            max_sequence_length=self.cfg.max_sequence_length or 256,
         )
         out = {"pos": {"enc": pe, "pooled": pp}}
         if cfg:
@@ -107,4 +108,5 @@ class SD3Generator(Generator):
         """The stock pipeline's ``__call__`` on the same initial noise (for parity checks and benchmarks)."""
         lat = self.initial_noise(seeds).to(self.weight_dtype)
         return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt", **kw).images
+                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt",
+                         max_sequence_length=self.cfg.max_sequence_length or 256, **kw).images

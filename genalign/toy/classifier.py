@@ -62,6 +62,7 @@ class DigitClassifier(nn.Module):
 
     @classmethod
     def load(cls, path: str) -> "DigitClassifier":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from ..errors import CheckpointError
@@ -75,7 +76,7 @@ class DigitClassifier(nn.Module):
                 cfg = json.load(f)
             model = cls(**cfg)
             model.load_state_dict(load_file(w_path))
-        except (ValueError, TypeError, RuntimeError, OSError) as e:
+        except (ValueError, TypeError, RuntimeError, OSError, SafetensorError) as e:
             raise CheckpointError(f"corrupt digit classifier at {path}: {str(e).splitlines()[0]}") from None
         return model.eval()
 
@@ -84,10 +85,13 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Training augmentation: a random shift of up to ±1 pixel, intensity scale in [0.7, 1.1], blur mix, noise."""
     n = images.shape[0]
     padded = F.pad(images, (1, 1, 1, 1))
-    dx = torch.randint(0, 3, (n,), generator=generator)
-    dy = torch.randint(0, 3, (n,), generator=generator)
+    shift = torch.randint(0, 9, (n,), generator=generator)  # (dy, dx) = divmod(shift, 3)
     h, w = images.shape[-2:]
-    x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    x = torch.empty_like(images)
+    for s in range(9):
+        sel = shift == s
+        dy, dx = divmod(s, 3)
+        x[sel] = padded[sel, :, dy:dy + h, dx:dx + w]
     blur = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     a = torch.rand(n, 1, 1, 1, generator=generator) * 0.5
     x = (1 - a) * x + a * blur

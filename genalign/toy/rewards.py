@@ -24,7 +24,7 @@ All take images (N, 3, H, W) in [0, 1], white digit on black. "grey" below is th
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -146,6 +146,10 @@ class DigitFD(_ClassifierReward):
             raise ConfigError(f"digit_fd: unknown mode '{mode}'; valid choices: {choices(self.MODES)}")
         self.mode = mode
         self._real = None
+
+    def to(self, device) -> "DigitFD":
+        self._real = None  # real-digit statistics are recomputed on the new device
+        return super().to(device)
 
     def _real_stats(self):
         if self._real is None:

