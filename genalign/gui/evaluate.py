@@ -40,6 +40,15 @@ def click_point(output: Any) -> Optional[Tuple[float, float]]:
     return None
 
 
+def _jsonable(out: Any) -> Any:
+    if out is None or isinstance(out, str):
+        return out
+    try:
+        return [float(v) for v in out]
+    except (TypeError, ValueError):
+        return str(out)
+
+
 def is_hit(point_norm: Tuple[float, float], bbox: Sequence[float], size: Sequence[int]) -> bool:
     """Inclusive hit test in the normalised frame."""
     x1, y1, x2, y2 = bbox[0] / size[0], bbox[1] / size[1], bbox[2] / size[0], bbox[3] / size[1]
@@ -91,8 +100,7 @@ def evaluate(
                 hit = is_hit(norm, s.bbox, s.size)
                 st["hits"] += int(hit)
             if keep_records:
-                records.append({"id": s.id, "split": s.split, "instruction": s.instruction,
-                                "output": out if isinstance(out, (str, type(None))) else [float(v) for v in out],
+                records.append({"id": s.id, "split": s.split, "instruction": s.instruction, "output": _jsonable(out),
                                 "click_norm": norm, "bbox": list(s.bbox), "size": list(s.size), "hit": hit})
         bar.update(len(batch))
     bar.close()

@@ -111,7 +111,7 @@ def grpo_args(g: GuiConfig, output_dir: str, seed: int):
         bf16=bool(g.bf16 and on_gpu),
         fp16=False,
         use_cpu=not on_gpu,
-        gradient_checkpointing=g.gradient_checkpointing,
+        activation_checkpointing=g.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         logging_steps=g.logging_steps,
         save_steps=g.save_steps,
         save_strategy="steps" if g.save_steps > 0 else "no",

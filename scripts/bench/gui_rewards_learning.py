@@ -1,6 +1,6 @@
 """Does the Gaussian GUI-G² reward teach the toy policy faster than a sparse point-in-box reward?
 
-    HF_HUB_OFFLINE=1 python scripts/bench/gui_rewards_learning.py --steps 20 --seeds 0 1 2
+    HF_HUB_OFFLINE=1 python scripts/bench/gui_rewards_learning.py --steps 300 --seeds 0 1 2 --train-screens 100
 
 Same policy (assets/gui/tiny_vlm), same synthetic training screens, same GRPO preset (configs/gui/toy_gui_g2.yaml:
 G = 8, beta 0.04, eps 0.2, temperature 1, loss grpo, group scaling), same number of steps and seeds; only the
@@ -37,11 +37,11 @@ SETTINGS = {
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "gui", "toy_gui_g2.yaml"))
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--train-screens", type=int, default=32, help="Synthetic training screens per platform.")
-    p.add_argument("--eval-screens", type=int, default=12, help="Held-out screens per platform (2 targets each).")
+    p.add_argument("--train-screens", type=int, default=100, help="Synthetic training screens per platform.")
+    p.add_argument("--eval-screens", type=int, default=24, help="Held-out screens per platform (2 targets each).")
     p.add_argument("--eval-seed", type=int, default=4242)
     p.add_argument("--lr", type=float, default=None, help="Override the config's learning rate.")
     p.add_argument("--threads", type=int, default=1)
@@ -101,15 +101,20 @@ def main(argv=None) -> int:
             cfg.gui = gui
             t0 = time.time()
             trainer, proc, _ = build_trainer(cfg)
-            trainer.args.disable_tqdm = True
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            for cb in (PrinterCallback, ProgressCallback):  # keep the table readable
+                trainer.remove_callback(cb)
             trainer.train()
             acc, wf = held_out_accuracy(trainer.model, proc)
-            rew = [h for h in trainer.state.log_history if "reward" in h]
+            rew = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+            k = max(1, len(rew) // 5)
+            first, last = statistics.fmean(rew[:k]), statistics.fmean(rew[-k:])
             results[setting][seed] = {"accuracy": acc, "wrong_format": wf, "seconds": round(time.time() - t0, 1),
-                                      "first_reward": rew[0]["reward"] if rew else None,
-                                      "last_reward": rew[-1]["reward"] if rew else None}
+                                      "train_reward_first_20pct": first, "train_reward_last_20pct": last}
             print(f"seed {seed} {setting:<13} held-out acc {acc:.3f}  wrong_format {wf}  "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+                  f"train reward {first:.3f} -> {last:.3f} (first/last 20% of steps)  ({time.time() - t0:.0f}s)",
+                  flush=True)
 
     print()
     print(f"GUI-G² toy benchmark: {args.steps} GRPO steps, seeds {args.seeds}, device {device}")

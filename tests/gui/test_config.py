@@ -42,6 +42,7 @@ def test_grpo_args_are_explicit(tmp_path):
     assert (a.beta, a.epsilon, a.loss_type, a.scale_rewards, a.num_generations, a.learning_rate) == (
         0.04, 0.2, "grpo", "group", 8, 1e-6)
     assert a.reward_weights == [1.0, 1.0] and a.temperature == 1.0 and a.seed == 3 and a.num_iterations == 1
+    assert a.gradient_checkpointing is True and a.remove_unused_columns is False
 
 
 def test_errors_are_one_line():

@@ -46,3 +46,24 @@ def test_grpo_updates_parameters_and_logs_both_rewards(tmp_path, lora_rank):
     assert all("rewards/gaussian_coverage/mean" in h for h in logs)
     # the tiny policy places boxes roughly, so sampled completions earn some Gaussian reward
     assert max(h["rewards/gaussian_point/mean"] + h["rewards/gaussian_coverage/mean"] for h in logs) > 0
+
+
+def test_run_end_to_end_with_toy_config(tmp_path):
+    """run(cfg) on the shipped toy recipe (1 step): saves the policy, evaluates held-out screens, summarises."""
+    from genalign.config import load_config
+    from genalign.gui.evaluate import load_vlm
+    from genalign.gui.train import run
+
+    torch.set_num_threads(1)
+    cfg = load_config(os.path.join(ROOT, "configs", "gui", "toy_gui_g2.yaml"), [
+        f"run.output_dir={tmp_path / 'run'}", "run.progress=false", f"gui.model={ASSET}", "gui.max_steps=1",
+        "gui.synthetic_train_screens=1", "gui.synthetic_eval_screens=1", "gui.use_cpu=true"])
+    summary = run(cfg)
+    assert summary["global_step"] == 1
+    assert summary["eval"]["num_samples"] == 6
+    assert os.path.exists(os.path.join(summary["output_dir"], "eval_report.json"))
+    assert os.path.exists(os.path.join(summary["output_dir"], "config.yaml"))
+    model, processor = load_vlm(summary["final_dir"])  # the saved policy loads back by path
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    hist = summary["reward_history"][0]
+    assert "rewards/gaussian_point/mean" in hist and "rewards/gaussian_coverage/mean" in hist

@@ -76,7 +76,8 @@ def test_degenerate_boxes_defined():
     # inverted boxes: sigma is squared, so same as the upright box
     assert R.gaussian_reward(None, ["[200,140,100,100]"], bbox=[GT]) == [2.0]
     # off-screen and huge values: finite, zero
-    for comp in ["[-5000,-5000,-4000,-4000]", "[1e300,1,2e300,2]"]:
+    big, huge = "1" + "0" * 300, "1" + "0" * 400  # 1e300 overflows when squared; 1e400 parses to inf
+    for comp in ["[-5000,-5000,-4000,-4000]", f"[{big},1,{big}0,2]", f"[{huge},1,{huge}0,2]"]:
         for f in (R.gaussian_point_reward, R.gaussian_coverage_reward):
             v = f(None, [comp], bbox=[GT])[0]
             assert v == 0.0 and math.isfinite(v)
