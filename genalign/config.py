@@ -443,9 +443,9 @@ def validate(cfg: Config) -> None:
         if t not in ("tensorboard", "wandb", "none"):
             raise ConfigError(f"'run.log_with' has '{t}'; valid choices: none, tensorboard, wandb")
     if cfg.task == "gui":
-        from .gui.config import GuiConfig
+        from .gui.config import gui_config_from
 
-        from_dict(GuiConfig, cfg.gui, prefix="gui.")
+        gui_config_from(cfg)
         return
     fam = MODELS.get(cfg.model.family)  # raises with the valid choices (or imports a dotted path)
     kernels = {"flow": ("sde", "eta", "cps", "ode"), "vp": ("ddim", "ode")}.get(getattr(fam, "kind", ""), None)

@@ -61,10 +61,9 @@ def test_errors_are_one_line():
         (["gui.min_pixels=100000", "gui.max_pixels=1000"], "min_pixels"),
         (["gui.prompt_template=no placeholder"], "instruction"),
     ]
-    for overrides, msg in cases:
-        cfg = build_config(copy.deepcopy(base), overrides)
+    for overrides, msg in cases:  # semantic errors surface when the config is built, before any model loads
         with pytest.raises(ConfigError, match=msg) as e:
-            gui_config_from(cfg)
+            build_config(copy.deepcopy(base), overrides)
         assert "\n" not in str(e.value)
 
 
