@@ -185,16 +185,12 @@ def quiet_libraries() -> None:
     for k in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
         os.environ.setdefault(k, "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "diffusers" in sys.modules:
-        import diffusers
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    if "transformers" in sys.modules:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+    for lib in (dlog, tlog):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
