@@ -99,6 +99,7 @@ ALGORITHMS = Registry(
     modules=[
         "genalign.algorithms.grpo",
         "genalign.algorithms.nft",
+        "genalign.algorithms.marble",
         "genalign.algorithms.dragon",
     ],
 )
