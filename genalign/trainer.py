@@ -208,14 +208,16 @@ class Trainer:
         bs = cfg.train.rollout_batch_size
         parts = []
         self.model.eval()
-        for a in range(0, len(prompts), bs):
-            b = slice(a, a + bs)
-            parts.append(self.generator.rollout(
-                prompts[b], seeds[b], cfg.sampler, stochastic=stochastic, group_ids=groups[b],
-                noise_seeds=noise_seeds[b], window_start=window_start,
-                train_steps=None if train_steps is None else train_steps[b],
-                store_means=self.algorithm.store_means, model=self.model,
-                **self.algorithm.rollout_kwargs(self, iteration)))
+        hook = getattr(self.algorithm, "rollout_context", None)  # e.g. DiffusionNFT samples with θ_old
+        with (hook(self) if hook is not None else _null()):
+            for a in range(0, len(prompts), bs):
+                b = slice(a, a + bs)
+                parts.append(self.generator.rollout(
+                    prompts[b], seeds[b], cfg.sampler, stochastic=stochastic, group_ids=groups[b],
+                    noise_seeds=noise_seeds[b], window_start=window_start,
+                    train_steps=None if train_steps is None else train_steps[b],
+                    store_means=self.algorithm.store_means, model=self.model,
+                    **self.algorithm.rollout_kwargs(self, iteration)))
         self.model.train()
         return cat_rollouts(parts)
 

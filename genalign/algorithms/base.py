@@ -33,7 +33,9 @@ class Algorithm:
         return {}
 
     def advantages(self, per_reward, weights, group_ids, prompts, mode: str):
-        return combined_advantages(per_reward, weights, group_ids, mode=mode)
+        """-> (advantages (N,) or (N, K), stats dict, keep mask (N,) bool)."""
+        adv, stats = combined_advantages(per_reward, weights, group_ids, mode=mode)
+        return adv, {k: v for k, v in stats.items() if not k.startswith("_")}, torch.ones(adv.shape[0], dtype=torch.bool)
 
     def units(self, mb) -> int:
         return 1

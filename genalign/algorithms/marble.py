@@ -575,6 +575,12 @@ class Marble(NFT):
             for l in range(k + 1, len(self._names)):
                 stats_acc.setdefault(f"marble/gram_{k}{l}", []).append(float(gram[k, l]))
         stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
+        # the un-smoothed QP direction d* = Σ α*_k ĝ_k: cos(g_k, d*) = (Mα*)_k / √(α*ᵀMα*) ≥ √(α*ᵀMα*) ≥ 0
+        a_s = alpha_star.double().cpu()
+        m = gram.double().cpu()
+        q = float(a_s @ m @ a_s)
+        if q > 0:
+            stats_acc.setdefault("marble/min_cos_qp", []).append(float((m @ a_s).min() / q**0.5))
         stats_acc.setdefault("marble/refresh", []).append(1.0)
         return nonfinite
 
@@ -623,6 +629,143 @@ class Marble(NFT):
     def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
         super().load_state_dict({k: v for k, v in sd.items() if not k.startswith("smoother.")})
         self._smoother.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("smoother.")})
+        if "mix_weights" in sd:
+            self._w = sd["mix_weights"].double().clone()
+        self._steps = int(sd.get("steps", torch.tensor(0)))
+
+
+from genalign.algorithms.grpo import GRPO  # noqa: E402
+
+
+@ALGORITHMS.register("marble_grpo")
+@dataclass
+class MarbleGRPO(GRPO):
+    """MARBLE's min-norm balancing on Flow-GRPO / Diffusion GRPO (genalign extension; METHODS.md §5 describes it on
+    NFT only). Per-reward group advantages (N, K); on a refresh step (every ``period`` optimiser steps) the K
+    per-reward PPO-clip gradients are computed by K accumulation passes (DDP-synchronised), the normalised Gram
+    matrix gives α*, smoothed by ρ, and the step applies Σ_k w_k g_k (w ∝ ᾱ_k/‖g_k‖ with
+    ``loss_weights="normalized"``). The PPO-clip loss is not affine in A, so the other steps use the mixed
+    advantage A_mix = Σ_k w_k A_k in one pass — an approximation of Σ_k w_k ∇L(A_k) ([R]); ``period: 1`` makes
+    every step exact at K× the backward cost. Logs as :class:`Marble` does.
+    """
+
+    period: int = field(default=1, metadata={"help": "Per-reward passes every M steps (1 = every step, exact)."})
+    rho: float = field(default=0.9, metadata={"help": "ρ: EMA of the QP solution [uncertain]."})
+    smoother_init: str = field(default="first", metadata={"help": "Smoother start: first | uniform."})
+    min_norm: str = field(default="auto", metadata={"help": "QP solver: auto | closed_form | frank_wolfe | enumerate | qp."})
+    fw_iters: int = field(default=50, metadata={"help": "Frank–Wolfe iterations (K > 2)."})
+    loss_weights: str = field(default="normalized", metadata={"help": "normalized (w ∝ ᾱ/‖g‖) | alpha [uncertain]."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.period < 1:
+            raise ConfigError(f"'algorithm.period' must be >= 1, got {self.period}")
+        if not 0.0 <= self.rho < 1.0:
+            raise ConfigError(f"'algorithm.rho' must be in [0, 1), got {self.rho}")
+        if self.smoother_init not in SMOOTHER_INITS:
+            raise ConfigError(f"'algorithm.smoother_init' is '{self.smoother_init}'; valid choices: "
+                              f"{choices(SMOOTHER_INITS)}")
+        if self.min_norm not in MIN_NORM_METHODS:
+            raise ConfigError(f"'algorithm.min_norm' is '{self.min_norm}'; valid choices: {choices(MIN_NORM_METHODS)}")
+        if self.loss_weights not in LOSS_WEIGHTS:
+            raise ConfigError(f"'algorithm.loss_weights' is '{self.loss_weights}'; valid choices: "
+                              f"{choices(LOSS_WEIGHTS)}")
+        if self.adv_std == "buffer" or self.drop_zero_std_groups or self.best_of_n:
+            raise ConfigError("marble_grpo supports adv_std global | group | batch, without drop_zero_std_groups "
+                              "or best_of_n")
+        self._steps = 0
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        k = len(ctx.rewards)
+        self._names = list(ctx.reward_names)
+        self._params = ctx.generator.trainable_parameters()
+        self._smoother = CoefficientSmoother(k, self.period, self.rho, self.smoother_init)
+        self._w = torch.full((k,), 1.0 / k, dtype=torch.float64)
+
+    def advantages(self, per_reward, weights, group_ids, prompts, mode):
+        cols = [group_advantages(per_reward[:, k], group_ids, std=self.adv_std, eps=self.adv_eps,
+                                 clip=self.adv_clip_max, unbiased=self.adv_unbiased_std)[0]
+                for k in range(per_reward.shape[1])]
+        adv = torch.stack(cols, 1)
+        return adv, {"zero_std_ratio": 0.0}, torch.ones(adv.shape[0], dtype=torch.bool)
+
+    def _pass(self, ctx, ro, mbs, adv_vec, stats_acc, losses) -> torch.Tensor:
+        acc = ctx.accelerator
+        nonfinite = torch.zeros((), device=acc.device)
+        for mi, idx in enumerate(mbs):
+            mb = ro.index(idx.tolist())
+            units = self.units(mb)
+            for ui, (loss, st) in enumerate(self.losses(ctx, mb, adv_vec[idx])):
+                if not torch.isfinite(loss):
+                    nonfinite += 1
+                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                scaled = loss / (units * len(mbs))
+                if mi == len(mbs) - 1 and ui == units - 1:
+                    acc.backward(scaled)
+                else:
+                    with acc.no_sync(ctx.model):
+                        acc.backward(scaled)
+                losses.append(float(loss.detach()))
+                for key, v in st.items():
+                    stats_acc.setdefault(key, []).append(v)
+        return nonfinite
+
+    def update(self, ctx, ro, adv_local):
+        from genalign.trainer import derive_seed
+
+        cfg = ctx.cfg
+        n, K = len(ro), adv_local.shape[1]
+        S = cfg.train.optimizer_steps_per_iteration
+        stats_acc: Dict[str, list] = {}
+        losses: list = []
+        for epoch in range(cfg.train.inner_epochs):
+            order = torch.arange(n)
+            if S > 1 or cfg.train.inner_epochs > 1:
+                g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, ctx.rank, 3))
+                order = torch.randperm(n, generator=g)
+            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
+                bs = cfg.train.train_batch_size
+                mbs = [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+                if self._steps % self.period == 0:
+                    grads, nonfinite = [], torch.zeros((), device=ctx.accelerator.device)
+                    for k in range(K):
+                        ctx.optimizer.zero_grad(set_to_none=True)
+                        nonfinite = nonfinite + self._pass(ctx, ro, mbs, adv_local[:, k], stats_acc,
+                                                           losses if k == 0 else [])
+                        grads.append([None if p.grad is None else p.grad.detach().clone() for p in self._params])
+                    gram, norms = gram_matrix(grads, normalize=True)
+                    alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
+                    abar = self._smoother.update(alpha_star)
+                    w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
+                    self._w = w.double().cpu()
+                    direction = combine(grads, self._w)
+                    cos = cosines_to_direction(grads, direction)
+                    for p, d in zip(self._params, direction):
+                        p.grad = None if d is None else d.to(p.dtype)
+                    for k, name in enumerate(self._names):
+                        stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
+                        stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
+                        stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
+                    stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
+                else:
+                    a_mix = (adv_local.double() * self._w.unsqueeze(0)).sum(1).float()
+                    nonfinite = self._pass(ctx, ro, mbs, a_mix, stats_acc, losses)
+                ctx.apply_optimizer_step(nonfinite, stats_acc)
+                self._steps += 1
+        out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
+        out["loss"] = float(np.mean(losses)) if losses else float("nan")
+        return out
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        sd = {f"smoother.{k}": v for k, v in self._smoother.state_dict().items()}
+        sd["mix_weights"] = self._w.clone()
+        sd["steps"] = torch.tensor(self._steps)
+        return sd
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        if any(k.startswith("smoother.") for k in sd):
+            self._smoother.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("smoother.")})
         if "mix_weights" in sd:
             self._w = sd["mix_weights"].double().clone()
         self._steps = int(sd.get("steps", torch.tensor(0)))

@@ -536,8 +536,3 @@ class NFT(Algorithm):
             st = _floats(st)
             st["kl"] = st.pop("kl_loss")
             yield loss, st
-
-
-# MARBLE builds on NFT; importing it here registers "marble" until genalign.algorithms.marble is in the
-# ALGORITHMS module list (genalign/registry.py).
-import genalign.algorithms.marble  # noqa: E402,F401

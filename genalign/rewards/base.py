@@ -81,8 +81,10 @@ def build_reward(name: str, args: Optional[Dict[str, Any]] = None) -> Reward:
     from ..config import check_kwargs
     from ..registry import REWARDS
 
+    from ..config import resolve_path
+
     cls = REWARDS.get(name)
-    args = dict(args or {})
+    args = {k: resolve_path(v) for k, v in dict(args or {}).items()}  # shipped assets resolve from any directory
     check_kwargs(cls, args, f"reward '{name}'")
     obj = cls(**args)
     if not callable(obj):

@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from genalign.algorithms.advantages import aggregate_rewards  # noqa: E402
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
                     refreshes += 1
     mean = {k: sum(v) / len(v) for k, v in times.items()}
     umean = {k: sum(v) / len(v) for k, v in upd.items()}
+    med = {k: float(np.median(v)) for k, v in times.items()}
     K = len(mcfg.rewards)
     print(f"device: {device_name()}")
     print(f"config: {a.config}  K={K} rewards  period={period}  timed iterations={n_iter} (MARBLE refreshes: "
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
     print(f"MARBLE (K={K}, amortised): {mean['marble']:.3f} s/iteration (update {umean['marble']:.3f} s)")
     print(f"ratio MARBLE/NFT per iteration: {mean['marble'] / mean['nft']:.3f}   "
           f"(speed {mean['nft'] / mean['marble']:.3f}x of NFT); update-only ratio: {umean['marble'] / umean['nft']:.3f}")
+    print(f"median-based ratio (robust to load spikes on shared machines): {med['marble'] / med['nft']:.3f}")
+    print("per-iteration seconds: " + "; ".join(f"{k}: " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
     return 0
 
 

@@ -65,8 +65,8 @@ def test_set_split_by_leave_one_out_contribution(tmp_path, reward):
     per, groups, prompts = tr.score(ro)
     if reward == "SetBrightnessGap":
         assert torch.allclose(per, per[0])  # the set value broadcast to every sample
-    else:  # contributions: R(D) − R(D∖i) = −0.5 + |mean(D∖i) − 0.8|, e.g. i = 0 (0.1): mean(D∖0) = 0.58
-        assert float(per[0, 0]) == pytest.approx(-0.5 + 0.22, abs=1e-5)
+    else:  # contributions R(D) − R(D∖i): mean(D) = 0.5 → R = −0.3; i = 0 (0.1): mean(D∖0) = 0.58 → R = −0.22
+        assert float(per[0, 0]) == pytest.approx(-0.3 + 0.22, abs=1e-5)
     alg.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
     pos, neg, st = alg.split_sets(tr, ro)
     assert pos.tolist() == [1, 3, 5] and neg.tolist() == [0, 2, 4]

@@ -33,6 +33,7 @@ def test_marble_run_changes_parameters_and_logs_alpha_and_cosines(tmp_path):
         # the applied direction has a non-negative cosine with every reward's gradient (MGDA property)
         assert r["marble/min_cos"] >= -1e-6
         assert r["marble/min_cos"] == pytest.approx(min(r[f"marble/cos_{n}"] for n in names))
+        assert r["marble/min_cos_qp"] >= -1e-9  # MGDA: the QP direction is never anti-aligned
     # weights ∝ ᾱ_k/‖g_k‖ (loss_weights="normalized")
     r = rows[0]
     inv = [0.5 / r[f"marble/grad_norm_{n}"] for n in names]
@@ -94,3 +95,16 @@ def test_fixed_balance_keeps_equal_weights(tmp_path):
 def test_marble_config_errors(args):
     with pytest.raises(ConfigError):
         make_algorithm(Marble, args)
+
+
+def test_marble_grpo_per_reward_passes_change_parameters(tmp_path):
+    cfg = make_config(tmp_path, {"name": "marble_grpo", "clip_range": 1e-2, "beta": 0.0}, rewards=TWO, iterations=1)
+    tr = trainer_for(cfg)
+    before = snapshot(tr)
+    tr.train()
+    assert changed(tr, before) == len(before)
+    row = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
+    assert row["marble/min_cos"] >= -1e-6
+    assert sum(row[f"marble/weight_{n}"] for n in tr.reward_names) == pytest.approx(1.0)
+    with pytest.raises(ConfigError):
+        make_algorithm(type(tr.algorithm), {"best_of_n": 2})
