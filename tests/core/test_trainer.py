@@ -55,16 +55,17 @@ def _lora(path):
 
 
 def test_kill_and_resume_reaches_the_same_parameters(tiny_sd3, tmp_path):
+    ema = {"decay": 0.5, "every": 1}
     full = make_trainer(tiny_sd3, tmp_path / "full", train__iterations=4, train__save_every=2,
-                        train__optimizer_steps_per_iteration=2)
+                        train__optimizer_steps_per_iteration=2, train__ema=ema)
     full.train()
     stopped = make_trainer(tiny_sd3, tmp_path / "resumed", train__iterations=2, train__save_every=2,
-                           train__optimizer_steps_per_iteration=2)
+                           train__optimizer_steps_per_iteration=2, train__ema=ema)
     stopped.train()
     # a half-written checkpoint left by a crash is ignored
     os.makedirs(tmp_path / "resumed" / "checkpoints" / ".checkpoint-3.tmp")
     cfg = tiny_config(tiny_sd3, str(tmp_path / "resumed"), train__iterations=4, train__save_every=2,
-                      train__optimizer_steps_per_iteration=2)
+                      train__optimizer_steps_per_iteration=2, train__ema=ema)
     cfg["run"]["resume"] = True
     resumed = Trainer(build_config(cfg))
     resumed.train()
@@ -73,6 +74,12 @@ def test_kill_and_resume_reaches_the_same_parameters(tiny_sd3, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    # the EMA weights (restored from the checkpoint's safetensors) agree too, and differ from the live weights
+    ea = _lora(os.path.join(latest_checkpoint(str(tmp_path / "full")), "ema"))
+    eb = _lora(os.path.join(latest_checkpoint(str(tmp_path / "resumed")), "ema"))
+    for k in ea:
+        assert torch.allclose(ea[k], eb[k], atol=1e-6, rtol=0), k
+    assert any(not torch.allclose(ea[k], a[k]) for k in a)
     rows = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
