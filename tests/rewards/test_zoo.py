@@ -103,7 +103,7 @@ def tiny_image_reward(tmp_path_factory):
 
     opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=3e-3)
     target = torch.arange(3)
-    for step in range(60):  # listwise: each image's own caption beats the other colours' captions
+    for step in range(200):  # listwise: each image's own caption beats the other colours' captions
         imgs = color_images(NAMES, seed=step)
         caps = [caption(n) for n in NAMES for _ in range(3)]  # one batch of all 9 (caption, image) pairs
         logits = raw(imgs.repeat(3, 1, 1, 1), caps).view(3, 3).T  # (image, caption)
