@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Generator, Schedule
+from .sd3 import JOINT_ATTENTION_LORA_TARGETS
 
 
 def flux_schedule(scheduler, num_steps: int, shift: Optional[float], image_seq_len: int) -> Schedule:
@@ -55,10 +56,7 @@ class FluxGenerator(Generator):
     family = "flux"
     kind = "flow"
     denoiser_name = "transformer"
-    default_lora_targets = [
-        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-    ]
+    default_lora_targets = JOINT_ATTENTION_LORA_TARGETS
     max_sequence_length: int = 512  # T5 tokens, as the stock pipeline's default (FLUX.1-dev)
 
     @classmethod

@@ -37,15 +37,19 @@ def flow_schedule(pipe, num_steps: int, shift: Optional[float], image_seq_len: i
     return Schedule(timesteps=sched.timesteps.float().clone(), sigmas=sched.sigmas.float().clone())
 
 
+# Flow-GRPO's LoRA targets: both streams' projections of joint attention (METHODS.md §3.8); FLUX shares them.
+JOINT_ATTENTION_LORA_TARGETS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+]
+
+
 @MODELS.register("sd3")
 class SD3Generator(Generator):
     family = "sd3"
     kind = "flow"
     denoiser_name = "transformer"
-    default_lora_targets = [
-        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-    ]
+    default_lora_targets = JOINT_ATTENTION_LORA_TARGETS
 
     def resolve_lora_targets(self, targets):
         """Expand suffixes to module names, leaving out ``add_q_proj`` of blocks with ``context_pre_only`` (the
