@@ -28,6 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 
+EXEMPLAR = None  # --exemplar: an embeddings file; adds the FD to that exemplar set (DRAGON)
+
+
 def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
     """Correctness, FD to real digits and diversity of a checkpoint (None = the base model)."""
     from genalign.io import read_prompts
@@ -61,8 +64,17 @@ def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
     feats = digit_features(x)
     div = [mean_pairwise_distance(feats[i * n_seeds : (i + 1) * n_seeds]) for i in range(len(prompts))]
     vend = [vendi_score(feats[i * n_seeds : (i + 1) * n_seeds]) for i in range(len(prompts))]
-    return {"correctness": corr, "fd": float(fd_to_real(x)), "diversity": sum(div) / len(div),
-            "vendi": sum(vend) / len(vend)}
+    out = {"correctness": corr, "fd": float(fd_to_real(x)), "diversity": sum(div) / len(div),
+           "vendi": sum(vend) / len(vend)}
+    if EXEMPLAR:
+        from safetensors.torch import load_file
+
+        from genalign.toy.data import THICK_INK, ink
+        from genalign.toy.metrics import feature_fd
+
+        out["fd_exemplar"] = float(feature_fd(feats, load_file(EXEMPLAR)["embeddings"]))
+        out["thick_share"] = float((ink(x) > THICK_INK).float().mean())
+    return out
 
 
 def checkpoints_with_time(run_dir):
@@ -78,8 +90,9 @@ def checkpoints_with_time(run_dir):
 def eval_runs(runs, marks, n_seeds):
     from genalign.config import load_config
 
-    print(f"| run | minute | ckpt | trajectories | correctness | FD to real | diversity | Vendi |")
-    print("|---|---|---|---|---|---|---|---|")
+    extra = " FD to exemplars | thick share |" if EXEMPLAR else ""
+    print(f"| run | minute | ckpt | trajectories | correctness | FD to real | diversity | Vendi |{extra}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if EXEMPLAR else ""))
     for run in runs:
         cfg = load_config(os.path.join(run, "config.yaml"))
         cks = checkpoints_with_time(run)
@@ -93,8 +106,9 @@ def eval_runs(runs, marks, n_seeds):
                 at, traj, ck = cand[-1]
                 row = evaluate(cfg, ck, n_seeds)
                 ck = os.path.basename(ck)
+            ex = f" {row['fd_exemplar']:.1f} | {row['thick_share']:.2f} |" if EXEMPLAR else ""
             print(f"| {os.path.basename(run)} | {at:.1f} | {ck} | {traj} | {row['correctness']:.3f} | {row['fd']:.1f} | "
-                  f"{row['diversity']:.2f} | {row['vendi']:.2f} |", flush=True)
+                  f"{row['diversity']:.2f} | {row['vendi']:.2f} |{ex}", flush=True)
 
 
 def run_recipes(recipes, minutes, out_root, n_seeds, extra):
@@ -138,7 +152,10 @@ def main():
     ap.add_argument("--seeds", type=int, default=8, help="held-out seeds per eval prompt")
     ap.add_argument("--out", default="runs/bench_toy")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every recipe")
+    ap.add_argument("--exemplar", help="embeddings .safetensors: also report the FD to this exemplar set")
     args = ap.parse_args()
+    global EXEMPLAR
+    EXEMPLAR = args.exemplar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     from genalign.cli import quiet_libraries
