@@ -414,6 +414,22 @@ BALANCES = ("min_norm", "fixed")
 LOSS_WEIGHTS = ("normalized", "alpha")
 
 
+def _check_balancing_options(alg) -> None:
+    """Validation shared by Marble and MarbleGRPO (refresh period, smoother, QP method, loss weights)."""
+    if alg.period < 1:
+        raise ConfigError(f"'algorithm.period' must be >= 1, got {alg.period}")
+    if not 0.0 <= alg.rho < 1.0:
+        raise ConfigError(f"'algorithm.rho' must be in [0, 1), got {alg.rho}")
+    if alg.smoother_init not in SMOOTHER_INITS:
+        raise ConfigError(f"'algorithm.smoother_init' is '{alg.smoother_init}'; valid choices: "
+                          f"{choices(SMOOTHER_INITS)}")
+    if alg.min_norm not in MIN_NORM_METHODS:
+        raise ConfigError(f"'algorithm.min_norm' is '{alg.min_norm}'; valid choices: {choices(MIN_NORM_METHODS)}")
+    if alg.loss_weights not in LOSS_WEIGHTS:
+        raise ConfigError(f"'algorithm.loss_weights' is '{alg.loss_weights}'; valid choices: "
+                          f"{choices(LOSS_WEIGHTS)}")
+
+
 @ALGORITHMS.register("marble")
 @dataclass
 class Marble(NFT):
@@ -446,18 +462,7 @@ class Marble(NFT):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.period < 1:
-            raise ConfigError(f"'algorithm.period' must be >= 1, got {self.period}")
-        if not 0.0 <= self.rho < 1.0:
-            raise ConfigError(f"'algorithm.rho' must be in [0, 1), got {self.rho}")
-        if self.smoother_init not in SMOOTHER_INITS:
-            raise ConfigError(f"'algorithm.smoother_init' is '{self.smoother_init}'; valid choices: "
-                              f"{choices(SMOOTHER_INITS)}")
-        if self.min_norm not in MIN_NORM_METHODS:
-            raise ConfigError(f"'algorithm.min_norm' is '{self.min_norm}'; valid choices: {choices(MIN_NORM_METHODS)}")
-        if self.loss_weights not in LOSS_WEIGHTS:
-            raise ConfigError(f"'algorithm.loss_weights' is '{self.loss_weights}'; valid choices: "
-                              f"{choices(LOSS_WEIGHTS)}")
+        _check_balancing_options(self)
         if self.balance not in BALANCES:
             raise ConfigError(f"'algorithm.balance' is '{self.balance}'; valid choices: {choices(BALANCES)}")
         self._smoother: Optional[CoefficientSmoother] = None
@@ -658,18 +663,7 @@ class MarbleGRPO(GRPO):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.period < 1:
-            raise ConfigError(f"'algorithm.period' must be >= 1, got {self.period}")
-        if not 0.0 <= self.rho < 1.0:
-            raise ConfigError(f"'algorithm.rho' must be in [0, 1), got {self.rho}")
-        if self.smoother_init not in SMOOTHER_INITS:
-            raise ConfigError(f"'algorithm.smoother_init' is '{self.smoother_init}'; valid choices: "
-                              f"{choices(SMOOTHER_INITS)}")
-        if self.min_norm not in MIN_NORM_METHODS:
-            raise ConfigError(f"'algorithm.min_norm' is '{self.min_norm}'; valid choices: {choices(MIN_NORM_METHODS)}")
-        if self.loss_weights not in LOSS_WEIGHTS:
-            raise ConfigError(f"'algorithm.loss_weights' is '{self.loss_weights}'; valid choices: "
-                              f"{choices(LOSS_WEIGHTS)}")
+        _check_balancing_options(self)
         if self.adv_std == "buffer" or self.drop_zero_std_groups or self.best_of_n:
             raise ConfigError("marble_grpo supports adv_std global | group | batch, without drop_zero_std_groups "
                               "or best_of_n")

@@ -37,7 +37,10 @@ class Encoder:
         self.device = torch.device("cpu")
 
     def to(self, device) -> "Encoder":
+        """Set the device; a lazily loaded ``self.model`` that is already loaded moves with it."""
         self.device = torch.device(device)
+        if getattr(self, "model", None) is not None:
+            self.model.to(self.device)
         return self
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
@@ -151,12 +154,6 @@ class Dinov2Encoder(Encoder):
         self.model = None
         self.id = f"dinov2:{model}:{pool}"
 
-    def to(self, device):
-        super().to(device)
-        if self.model is not None:
-            self.model.to(self.device)
-        return self
-
     def _load(self):
         if self.model is None:
             from transformers import Dinov2Model
@@ -194,12 +191,6 @@ class ClapEncoder(Encoder):
         self.dtype = getattr(torch, dtype)
         self.model = None
         self.id = f"clap:{model}:{'norm' if normalize else 'raw'}"
-
-    def to(self, device):
-        super().to(device)
-        if self.model is not None:
-            self.model.to(self.device)
-        return self
 
     def _load(self):
         if self.model is None:
