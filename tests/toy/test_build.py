@@ -22,7 +22,7 @@ def _tiny(seed, stop_at):
     # stop checks after every step with 1 image per eval prompt and 2 sampling steps
     return BuildConfig(seed=seed, threads=1, classifier_steps=2, vae_steps=2, flow_steps=2, eps_steps=2,
                        batch_size=8, max_null_tokens=4, evaluate=False, stop_every=1, stop_at=stop_at,
-                       stop_images=1, flow_steps_sample=2, eps_steps_sample=2)
+                       stop_min_digit=0.0, stop_images=1, flow_steps_sample=2, eps_steps_sample=2)
 
 
 def test_build_is_deterministic_given_seed(tmp_path):
@@ -47,6 +47,28 @@ def test_build_is_deterministic_given_seed(tmp_path):
 
     assert type(load_flow_pipeline(str(tmp_path / "a" / "digits_flow"))).__name__ == "StableDiffusion3Pipeline"
     assert type(load_eps_pipeline(str(tmp_path / "a" / "digits_eps"))).__name__ == "StableDiffusionPipeline"
+
+
+def test_stop_rule_needs_the_mean_and_every_digit(monkeypatch):
+    """Early stopping fires only once the mean reaches stop_at AND the worst digit reaches stop_min_digit."""
+    import types
+
+    from genalign.toy import build as B
+
+    results = iter([
+        {"correctness_mean": 0.9, "correctness_per_digit": [1.0] * 9 + [0.1]},  # mean high, one digit never drawn
+        {"correctness_mean": 0.5, "correctness_per_digit": [0.5] * 10},          # balanced but too weak
+        {"correctness_mean": 0.62, "correctness_per_digit": [0.7] * 9 + [0.3]},  # both met
+    ])
+    monkeypatch.setattr(B, "evaluate_pipeline", lambda *a, **k: next(results))
+    net = types.SimpleNamespace(eval=lambda: None, train=lambda: None)
+    pipe = types.SimpleNamespace(unet=net)
+    curve = []
+    check = B._stopper("eps", None, BuildConfig(stop_every=10, stop_at=0.6, stop_min_digit=0.25), lambda s: None,
+                       curve)
+    assert check(5, pipe, None, None) is False and curve == []  # not a check step
+    assert [check(s, pipe, None, None) for s in (10, 20, 30)] == [False, False, True]
+    assert curve == [[10, 0.9, 0.1], [20, 0.5, 0.5], [30, 0.62, 0.3]]
 
 
 def test_null_token_bias_equals_k_zero_tokens():
