@@ -404,6 +404,8 @@ def mix_optimality(r_per_reward: torch.Tensor, alpha: torch.Tensor) -> torch.Ten
 # ================================================================================================ trainer glue
 from dataclasses import dataclass, field  # noqa: E402
 
+import math  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from genalign.algorithms.advantages import group_advantages  # noqa: E402
@@ -448,6 +450,12 @@ class Marble(NFT):
     normalised onto the simplex, never updated (r_mix = the weighted mean of the per-reward r's), and per-reward
     gradients are still computed every ``period`` steps for the cosine logs.
     ``period`` M = 10 and ``rho`` ρ = 0.9 are genalign placeholders (no published values; uncertain).
+
+    ``refresh_fraction`` f < 1 (a genalign option, not from the paper): the per-reward gradients of a refresh are
+    estimated on a random f-share of each micro-batch (only their normalised Gram matrix and norms are used), then
+    the step itself is one ordinary pass with r_mix on the whole batch under the new weights. A refresh then costs
+    f·(F + K·B) + (F + B) instead of F + K·B, which is what keeps K = 3 near the single-reward cost. f = 1 (default)
+    is the exact form above: the refresh step applies Σ_k w_k g_k from the full batch.
     """
 
     beta: float = field(default=0.1, metadata={"help": "NFT β (0.1 for multi-reward in DiffusionNFT)."})
@@ -459,10 +467,13 @@ class Marble(NFT):
     loss_weights: str = field(default="normalized", metadata={"help": "normalized (w ∝ ᾱ/‖g‖) | alpha (w = ᾱ) [uncertain]."})
     balance: str = field(default="min_norm", metadata={"help": "min_norm (MARBLE) | fixed (equal-weight baseline)."})
     sharded_gradients: bool = field(default=False, metadata={"help": "FSDP/ZeRO shards: sum the Gram matrix over ranks."})
+    refresh_fraction: float = field(default=1.0, metadata={"help": "Share of each micro-batch used to estimate the per-reward gradients on a refresh (1 = exact)."})
 
     def __post_init__(self):
         super().__post_init__()
         _check_balancing_options(self)
+        if not 0.0 < self.refresh_fraction <= 1.0:
+            raise ConfigError(f"'algorithm.refresh_fraction' must be in (0, 1], got {self.refresh_fraction}")
         if self.balance not in BALANCES:
             raise ConfigError(f"'algorithm.balance' is '{self.balance}'; valid choices: {choices(BALANCES)}")
         self._smoother: Optional[CoefficientSmoother] = None
@@ -553,9 +564,23 @@ class Marble(NFT):
                 stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
         return nonfinite
 
+    def _subsample(self, ctx, mbs):
+        """A seeded random ``refresh_fraction`` share of each micro-batch (at least one sample)."""
+        from genalign.trainer import derive_seed
+
+        g = torch.Generator().manual_seed(derive_seed(ctx.cfg.train.seed, ctx.iteration, self._steps, ctx.rank, 7))
+        out = []
+        for idx in mbs:
+            m = max(1, int(math.ceil(self.refresh_fraction * len(idx))))
+            out.append(idx[torch.randperm(len(idx), generator=g)[:m]])
+        return out
+
     def refresh(self, ctx, ro, mbs, r_all, stats_acc, losses) -> torch.Tensor:
-        """Per-reward gradients → Gram → α* → smoothed weights; leaves Σ_k w_k g_k in the .grad fields."""
-        grads, nonfinite = self.per_reward_gradients(ctx, ro, mbs, r_all, stats_acc, losses)
+        """Per-reward gradients → Gram → α* → smoothed weights; leaves the step's gradient in the .grad fields
+        (Σ_k w_k g_k, or with ``refresh_fraction`` < 1 one r_mix pass over the whole batch)."""
+        exact = self.refresh_fraction >= 1.0
+        grads, nonfinite = self.per_reward_gradients(ctx, ro, mbs if exact else self._subsample(ctx, mbs), r_all,
+                                                     stats_acc, losses if exact else [])
         hook = self._hook(ctx)
         if float(ctx.accelerator.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
             return nonfinite  # apply_optimizer_step skips and counts it
@@ -569,8 +594,14 @@ class Marble(NFT):
         self._w = w.double().cpu()
         direction = combine(grads, self._w)
         cos = cosines_to_direction(grads, direction, all_reduce=hook)
-        for p, g in zip(self._params, direction):
-            p.grad = None if g is None else g.to(p.dtype)
+        if exact:
+            for p, g in zip(self._params, direction):
+                p.grad = None if g is None else g.to(p.dtype)
+        else:
+            del grads, direction
+            for p in self._params:
+                p.grad = None
+            nonfinite = self._mixed_pass(ctx, ro, mbs, mix_optimality(r_all, self._w), stats_acc, losses)
         for k, name in enumerate(self._names):
             stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
             stats_acc.setdefault(f"marble/alpha_star_{name}", []).append(float(alpha_star[k]))

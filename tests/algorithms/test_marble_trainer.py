@@ -90,8 +90,39 @@ def test_fixed_balance_keeps_equal_weights(tmp_path):
     assert int(sd["steps"]) == 1 and int(sd["smoother.num_updates"]) == 0
 
 
+def test_refresh_fraction_estimates_on_a_subset_and_steps_on_the_whole_batch(tmp_path, monkeypatch):
+    """refresh_fraction < 1: per-reward gradients from a random share of each micro-batch; the step's gradient is
+    one r_mix pass over the whole batch under the refreshed weights."""
+    cfg = make_config(tmp_path, {"name": "marble", "ref_weight": 1e-2, "refresh_fraction": 0.5}, rewards=TWO)
+    tr = trainer_for(cfg)
+    alg = tr.algorithm
+    ro = tr.do_rollout(0)
+    adv = torch.stack([torch.linspace(-3, 3, len(ro)), torch.linspace(2, -1, len(ro)) ** 2 - 1], 1)
+    r_all = per_reward_optimality(adv.T, alg.adv_clip_max)
+    mbs = [torch.arange(0, 3), torch.arange(3, len(ro))]
+    seen = []
+    real = alg.per_reward_gradients
+
+    def spy(ctx, ro_, m, *rest):
+        seen.append([x.tolist() for x in m])
+        return real(ctx, ro_, m, *rest)
+
+    monkeypatch.setattr(alg, "per_reward_gradients", spy)
+    stats = {}
+    alg.refresh(tr, ro, mbs, r_all, stats, [])
+    assert [len(x) for x in seen[0]] == [2, -(-(len(ro) - 3) // 2)]
+    assert all(set(s) <= set(m.tolist()) for s, m in zip(seen[0], mbs))
+    assert stats["marble/min_cos"][0] >= -1e-6
+    got = [p.grad.clone() for p in alg._params]
+    for p in alg._params:
+        p.grad = None
+    alg._mixed_pass(tr, ro, mbs, mix_optimality(r_all, alg._w), {}, [])
+    assert all(torch.allclose(g, p.grad, atol=1e-7) for g, p in zip(got, alg._params))
+
+
 @pytest.mark.parametrize("args", [{"period": 0}, {"rho": 1.0}, {"min_norm": "adam"}, {"balance": "sum"},
-                                  {"loss_weights": "raw"}, {"smoother_init": "zeros"}])
+                                  {"loss_weights": "raw"}, {"smoother_init": "zeros"},
+                                  {"refresh_fraction": 0.0}, {"refresh_fraction": 1.5}])
 def test_marble_config_errors(args):
     with pytest.raises(ConfigError):
         make_algorithm(Marble, args)
