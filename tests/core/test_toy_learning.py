@@ -1,8 +1,9 @@
 """CI-sized learning test on the embedded digits world: Flow-GRPO raises digit correctness on held-out seeds well
 above the base model, and the exported LoRA reproduces the improvement in a fresh stock pipeline.
 
-Seed noise, measured on the base model with 5 disjoint sets of 16 held-out seeds × these 2 prompts:
-correctness 0.479 ± 0.014 (std across sets). The asserted margin (+0.2) is > 14 of those standard deviations."""
+The two prompts are the base's weakest digits (two, eight). Seed noise, measured on the base model with 5 disjoint
+sets of 16 held-out seeds (5000 + 16k ...) × these 2 prompts: correctness 0.347 ± 0.047 (std across sets). The
+asserted margin (+0.25) is > 5 of those standard deviations."""
 
 import os
 
@@ -15,7 +16,7 @@ from genalign.trainer import Trainer, latest_checkpoint
 
 from .helpers import REPO
 
-PROMPTS = ["a handwritten digit one", "a handwritten digit five"]
+PROMPTS = ["a handwritten digit two", "a handwritten digit eight"]
 SEEDS = list(range(5000, 5016))
 
 
@@ -40,7 +41,7 @@ def test_flow_grpo_learns_and_the_export_reproduces_it(tmp_path, monkeypatch):
         trained_images = t.generator.rollout(P, S, cfg.sampler, stochastic=False).samples
     trained = _score(trained_images, P)
     print(f"held-out correctness: base {base:.3f} -> trained {trained:.3f}")
-    assert trained > base + 0.2, (base, trained)
+    assert trained > base + 0.25, (base, trained)
 
     # the exported LoRA, loaded into a fresh stock pipeline, reproduces the improvement
     from diffusers import DiffusionPipeline
@@ -54,4 +55,4 @@ def test_flow_grpo_learns_and_the_export_reproduces_it(tmp_path, monkeypatch):
         stock = pipe(prompt=P, num_inference_steps=cfg.sampler.eval_num_steps, guidance_scale=cfg.sampler.guidance_scale,
                      height=16, width=16, latents=lat, max_sequence_length=8, output_type="pt").images
     assert torch.allclose(stock, trained_images, atol=1e-3)
-    assert _score(stock, P) > base + 0.2
+    assert _score(stock, P) > base + 0.25
