@@ -109,6 +109,9 @@ def cmd_sample(args) -> int:
         from .export import LORA_FILE
 
         path = args.lora if args.lora.endswith(".safetensors") else os.path.join(args.lora, LORA_FILE)
+        if not os.path.exists(path) and os.path.isdir(os.path.join(args.lora, gen.denoiser_name)):
+            raise GenalignError(f"'{args.lora}' is a full fine-tune, not a LoRA: run `genalign export {args.lora} "
+                                f"--out DIR` and sample with --model DIR")
         if not os.path.exists(path):
             raise GenalignError(f"LoRA weights '{path}' do not exist")
         try:
@@ -132,7 +135,8 @@ def cmd_export(args) -> int:
     from .export import export
 
     out = export(args.checkpoint, args.out, fuse=args.fuse, model=args.model, ema=args.ema, overwrite=args.overwrite)
-    print(f"genalign: exported {'pipeline' if args.fuse else 'LoRA'} to {os.path.abspath(out)}")
+    full = os.path.exists(os.path.join(out, "model_index.json"))
+    print(f"genalign: exported {'pipeline' if full else 'LoRA'} to {os.path.abspath(out)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``genalign eval CONFIG [--checkpoint CKPT]``: score a model (optionally with a trained LoRA) on a prompt set
+"""``genalign eval CONFIG [--checkpoint CKPT]``: score a model (optionally with a trained checkpoint, LoRA or full) on a prompt set
 with the recipe's rewards, deterministic sampler, fixed seeds -> metrics.json (+ samples and a grid)."""
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ def evaluate_main(args) -> int:
         raise GenalignError("give a recipe CONFIG (its model and rewards are used), or --benchmark for GUI grounding")
     cfg = load_config(args.config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg.model.lora.rank = 0 if not args.checkpoint else cfg.model.lora.rank
+    if not args.checkpoint:
+        cfg.model.lora.rank = 0  # the base model itself
     gen = MODELS.get(cfg.model.family).load(cfg.model, device=device)
     if args.checkpoint:
-        gen.load_lora_file(args.checkpoint)
+        gen.load_checkpoint(args.checkpoint)  # LoRA or full fine-tune, as the recipe trained it
     rewards = [r.to(device) for r in build_rewards(cfg.rewards)]
     src = args.prompts or cfg.data.eval_prompts or cfg.data.prompts
     prompts = read_prompts(src)

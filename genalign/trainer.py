@@ -460,16 +460,7 @@ class Trainer:
         if self.generator.is_lora:
             self.generator.load_lora_file(input_dir, model)
         else:
-            from safetensors.torch import load_file
-
-            d = os.path.join(input_dir, self.generator.denoiser_name)
-            files = sorted(glob.glob(os.path.join(d, "*.safetensors")))
-            if not files:
-                raise CheckpointError(f"checkpoint '{input_dir}' has no {self.generator.denoiser_name} weights")
-            sd = {}
-            for f in files:
-                sd.update(load_file(f))
-            model.load_state_dict(sd)
+            self.generator.load_full_weights(input_dir, model)
 
     def save_checkpoint(self) -> str:
         """Write checkpoints/checkpoint-N atomically: a temp dir renamed into place once complete."""

@@ -290,6 +290,39 @@ class Generator:
             raise CheckpointError(f"LoRA weights '{path}' do not match this model ({len(missing)} unexpected keys, "
                                   f"e.g. {missing[0]})")
 
+    def load_full_weights(self, ckpt: str, model=None) -> None:
+        """Load a full fine-tune's denoiser (``<ckpt>/<denoiser>/*.safetensors``, diffusers layout) in place."""
+        import glob
+
+        from safetensors.torch import load_file
+
+        d = os.path.join(ckpt, self.denoiser_name)
+        files = sorted(glob.glob(os.path.join(d, "*.safetensors")))
+        if not files:
+            raise CheckpointError(f"checkpoint '{ckpt}' has no {self.denoiser_name} weights (*.safetensors in {d})")
+        sd = {}
+        for f in files:
+            try:
+                sd.update(load_file(f))
+            except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
+                raise CheckpointError(f"weights '{f}' are corrupt or unreadable: {e}") from None
+        (model or self.denoiser).load_state_dict(sd)
+
+    def load_checkpoint(self, ckpt: str) -> None:
+        """Load a training checkpoint's weights, LoRA or full fine-tune (as the checkpoint says), into this model.
+        A LoRA checkpoint needs a generator loaded with the same LoRA rank; a full one, a generator without LoRA."""
+        has_lora = os.path.exists(os.path.join(ckpt, "pytorch_lora_weights.safetensors")) or ckpt.endswith(
+            ".safetensors")
+        if has_lora != self.is_lora:
+            kind = "a LoRA" if has_lora else "a full fine-tune"
+            raise CheckpointError(f"checkpoint '{ckpt}' holds {kind}, but the model was loaded "
+                                  f"{'with' if self.is_lora else 'without'} LoRA (model.lora.rank "
+                                  f"{self.cfg.lora.rank}); use the run's own config.yaml")
+        if has_lora:
+            self.load_lora_file(ckpt)
+        else:
+            self.load_full_weights(ckpt)
+
     def save_full(self, out_dir: str) -> None:
         self.denoiser.save_pretrained(os.path.join(out_dir, self.denoiser_name), safe_serialization=True)
 

@@ -127,3 +127,31 @@ def test_nan_rewards_skip_the_update_and_the_run_continues(tiny_sd3, tmp_path):
     assert t.optimizer_step == 0
     for p, b in zip(t.generator.trainable_parameters(), before):
         assert torch.equal(p.detach(), b)
+
+
+def test_full_fine_tuning_trains_the_denoiser_keeps_the_reference_and_reloads(tiny_sd3, tmp_path):
+    """model.lora.rank 0: every denoiser weight trains, the KL reference is a frozen copy of the base, the checkpoint
+    holds the denoiser in diffusers layout, and Generator.load_checkpoint / `genalign eval` read it back."""
+    from genalign.errors import CheckpointError
+    from genalign.registry import MODELS
+
+    t = make_trainer(tiny_sd3, tmp_path / "run", model__lora={"rank": 0}, train__save_every=2)
+    t.setup()
+    base = {n: p.detach().clone() for n, p in t.generator.denoiser.named_parameters()}
+    t.train()
+    now = dict(t.generator.denoiser.named_parameters())
+    assert all(p.requires_grad for p in now.values())
+    assert sum(not torch.equal(now[n].detach(), base[n]) for n in base) > 0.9 * len(base)
+    ref = dict(t.generator.ref_denoiser.named_parameters())
+    assert all(torch.equal(ref[n], base[n]) for n in base)  # the reference did not move
+    ck = latest_checkpoint(str(tmp_path / "run"))
+    assert os.path.isdir(os.path.join(ck, "transformer"))
+    assert not os.path.exists(os.path.join(ck, "pytorch_lora_weights.safetensors"))
+    fresh = MODELS.get("sd3").load(t.cfg.model)
+    fresh.load_checkpoint(ck)
+    got = dict(fresh.denoiser.named_parameters())
+    assert all(torch.equal(got[n], now[n].detach()) for n in base)
+    # a LoRA-loaded generator refuses a full checkpoint with a message naming the mismatch
+    lora_cfg = build_config(tiny_config(tiny_sd3, str(tmp_path / "x"))).model
+    with pytest.raises(CheckpointError, match="full fine-tune"):
+        MODELS.get("sd3").load(lora_cfg).load_checkpoint(ck)
