@@ -4,6 +4,7 @@ as a ratio of one single-reward DiffusionNFT iteration, measured side by side in
 
     HF_HUB_OFFLINE=1 python scripts/bench/marble_overhead.py                        # configs/toy/marble.yaml
     HF_HUB_OFFLINE=1 python scripts/bench/marble_overhead.py --config my.yaml --iterations 20 train.rollout_batch_size=16
+    HF_HUB_OFFLINE=1 python scripts/bench/marble_overhead.py --iterations 10 algorithm.period=10 algorithm.refresh_fraction=0.25
 
 Both runs use the same config (model, sampler, batch, LoRA); the NFT run keeps only the first reward and the
 NFT hyper-parameters of the MARBLE section. Iterations alternate (NFT i, MARBLE i, ...) so machine load drifts
@@ -76,7 +77,10 @@ def main(argv=None) -> int:
     alg = dict(raw["algorithm"])
     nraw["algorithm"] = {"name": "nft", **{k: v for k, v in alg.items() if k in NFT_KEYS}}
     nraw["rewards"] = [raw["rewards"][0]]
-    ncfg = build_config(nraw, common + [f"run.output_dir={out_root}/nft"])
+    # MARBLE-only algorithm overrides (period, refresh_fraction, ...) do not reach the NFT run
+    nft_common = [o for o in common
+                  if not o.startswith("algorithm.") or o.split("=", 1)[0][len("algorithm."):] in NFT_KEYS]
+    ncfg = build_config(nraw, nft_common + [f"run.output_dir={out_root}/nft"])
     period = int(mcfg.algorithm.args.get("period", 10))
     steps_per_it = mcfg.train.optimizer_steps_per_iteration * mcfg.train.inner_epochs
     n_iter = a.iterations or max(1, period // max(1, steps_per_it))

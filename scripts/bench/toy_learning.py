@@ -6,7 +6,7 @@
     # evaluate existing runs at minute marks (e.g. the KL vs no-KL reward-hacking study)
     python scripts/bench/toy_learning.py --runs runs/flow_kl runs/flow_nokl --at 0 5 10
 
-Metrics (all on the eval prompts × held-out seeds 1000.., deterministic sampler of the recipe):
+Metrics (all on the eval prompts × held-out seeds 1000.. (32 by default), deterministic sampler of the recipe):
   correctness  mean p(prompted digit) under the shipped classifier (digit_correctness)
   FD           Fréchet distance of classifier features to the 360 real held-out digits (lower = closer to data)
   diversity    mean pairwise feature distance among the seeds of each prompt (collapse -> 0), and Vendi
@@ -29,6 +29,7 @@ sys.path.insert(0, REPO)
 
 
 EXEMPLAR = None  # --exemplar: an embeddings file; adds the FD to that exemplar set (DRAGON)
+EXTRA_REWARDS = []  # --rewards: further reward names whose means are reported (e.g. ink centredness for MARBLE)
 
 
 def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
@@ -41,16 +42,7 @@ def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
     mcfg = run_cfg.model
     gen = MODELS.get(mcfg.family).load(mcfg, device=device)
     if ckpt is not None:
-        if gen.is_lora:
-            gen.load_lora_file(ckpt)
-        else:
-            from safetensors.torch import load_file
-            import glob
-
-            sd = {}
-            for f in glob.glob(os.path.join(ckpt, gen.denoiser_name, "*.safetensors")):
-                sd.update(load_file(f))
-            gen.denoiser.load_state_dict(sd)
+        gen.load_checkpoint(ckpt)
     prompts = read_prompts(run_cfg.data.eval_prompts or run_cfg.data.prompts)
     P = [p for p in prompts for _ in range(n_seeds)]
     S = [1000 + i for _ in prompts for i in range(n_seeds)]
@@ -66,6 +58,8 @@ def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
     vend = [vendi_score(feats[i * n_seeds : (i + 1) * n_seeds]) for i in range(len(prompts))]
     out = {"correctness": corr, "fd": float(fd_to_real(x)), "diversity": sum(div) / len(div),
            "vendi": sum(vend) / len(vend)}
+    for name in EXTRA_REWARDS:
+        out[name] = float(build_reward(name)(x, P).mean())
     if EXEMPLAR:
         from safetensors.torch import load_file
 
@@ -91,8 +85,9 @@ def eval_runs(runs, marks, n_seeds):
     from genalign.config import load_config
 
     extra = " FD to exemplars | thick share |" if EXEMPLAR else ""
+    extra += "".join(f" {n} |" for n in EXTRA_REWARDS)
     print(f"| run | minute | ckpt | trajectories | correctness | FD to real | diversity | Vendi |{extra}")
-    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if EXEMPLAR else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if EXEMPLAR else "") + "---|" * len(EXTRA_REWARDS))
     for run in runs:
         cfg = load_config(os.path.join(run, "config.yaml"))
         cks = checkpoints_with_time(run)
@@ -107,6 +102,7 @@ def eval_runs(runs, marks, n_seeds):
                 row = evaluate(cfg, ck, n_seeds)
                 ck = os.path.basename(ck)
             ex = f" {row['fd_exemplar']:.1f} | {row['thick_share']:.2f} |" if EXEMPLAR else ""
+            ex += "".join(f" {row[n]:.3f} |" for n in EXTRA_REWARDS)
             print(f"| {os.path.basename(run)} | {at:.1f} | {ck} | {traj} | {row['correctness']:.3f} | {row['fd']:.1f} | "
                   f"{row['diversity']:.2f} | {row['vendi']:.2f} |{ex}", flush=True)
 
@@ -149,13 +145,15 @@ def main():
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--at", type=float, nargs="*", default=[0, 5, 10])
-    ap.add_argument("--seeds", type=int, default=8, help="held-out seeds per eval prompt")
+    ap.add_argument("--seeds", type=int, default=32, help="held-out seeds per eval prompt")
     ap.add_argument("--out", default="runs/bench_toy")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every recipe")
     ap.add_argument("--exemplar", help="embeddings .safetensors: also report the FD to this exemplar set")
+    ap.add_argument("--rewards", nargs="*", default=[], help="also report these rewards' means (e.g. ink centredness)")
     args = ap.parse_args()
-    global EXEMPLAR
+    global EXEMPLAR, EXTRA_REWARDS
     EXEMPLAR = args.exemplar
+    EXTRA_REWARDS = list(args.rewards)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     from genalign.cli import quiet_libraries
