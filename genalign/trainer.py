@@ -240,40 +240,55 @@ class Trainer:
         prompts = gather_list(acc, ro.prompts)
         return torch.stack(cols, 1).float(), groups, prompts
 
-    def update(self, ro: Rollout, adv_local: torch.Tensor) -> Dict[str, float]:
-        cfg, acc = self.cfg, self.accelerator
-        n = len(ro)
+    def microbatch_schedule(self, n: int):
+        """Yield, per optimiser step of this iteration, the micro-batch index tensors of this process's ``n``
+        samples: ``inner_epochs`` passes, each split into ``optimizer_steps_per_iteration`` chunks (a seeded
+        permutation when there is more than one), each chunk cut into ``train_batch_size`` micro-batches."""
+        cfg = self.cfg
         S = cfg.train.optimizer_steps_per_iteration
-        stats_acc: Dict[str, List[float]] = {}
-        losses = []
+        bs = cfg.train.train_batch_size
         for epoch in range(cfg.train.inner_epochs):
             order = torch.arange(n)
             if S > 1 or cfg.train.inner_epochs > 1:
                 g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, self.iteration, epoch, self.rank, 3))
                 order = torch.randperm(n, generator=g)
-            chunks = [c for c in torch.tensor_split(order, S) if len(c)]
-            for chunk in chunks:
-                mbs = [chunk[i : i + cfg.train.train_batch_size] for i in range(0, len(chunk), cfg.train.train_batch_size)]
-                nonfinite = torch.zeros((), device=acc.device)
-                for mi, idx in enumerate(mbs):
-                    mb = ro.index(idx.tolist())
-                    units = self.algorithm.units(mb)
-                    gen = self.algorithm.losses(self, mb, adv_local[idx])
-                    for ui, (loss, st) in enumerate(gen):
-                        last = mi == len(mbs) - 1 and ui == units - 1
-                        if not torch.isfinite(loss):
-                            nonfinite += 1
-                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                        scaled = loss / (units * len(mbs))
-                        if last:
-                            acc.backward(scaled)
-                        else:
-                            with acc.no_sync(self.model):
-                                acc.backward(scaled)
-                        losses.append(float(loss.detach()))
-                        for k, v in st.items():
-                            stats_acc.setdefault(k, []).append(v)
-                self.apply_optimizer_step(nonfinite, stats_acc)
+            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
+                yield [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+
+    def accumulate(self, loss: torch.Tensor, divisor: float, last: bool, nonfinite: torch.Tensor) -> float:
+        """Backward one unit's share (loss / divisor) of an optimiser step's gradient. A non-finite loss is zeroed
+        and counted in ``nonfinite`` (in place; apply_optimizer_step then skips the step); gradients synchronise
+        across processes only on the step's ``last`` unit. Returns the (finite) loss value."""
+        if not torch.isfinite(loss):
+            nonfinite += 1
+            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+        if last:
+            self.accelerator.backward(loss / divisor)
+        else:
+            with self.accelerator.no_sync(self.model):
+                self.accelerator.backward(loss / divisor)
+        return float(loss.detach())
+
+    def backward_pass(self, ro: Rollout, mbs, adv: torch.Tensor, stats_acc: Dict[str, List[float]],
+                      losses: List[float]) -> torch.Tensor:
+        """One optimiser step's gradient: the algorithm's losses over micro-batches × units, averaged. Returns the
+        count of non-finite losses."""
+        nonfinite = torch.zeros((), device=self.accelerator.device)
+        for mi, idx in enumerate(mbs):
+            mb = ro.index(idx.tolist())
+            units = self.algorithm.units(mb)
+            for ui, (loss, st) in enumerate(self.algorithm.losses(self, mb, adv[idx])):
+                losses.append(self.accumulate(loss, units * len(mbs), mi == len(mbs) - 1 and ui == units - 1,
+                                              nonfinite))
+                for k, v in st.items():
+                    stats_acc.setdefault(k, []).append(v)
+        return nonfinite
+
+    def update(self, ro: Rollout, adv_local: torch.Tensor) -> Dict[str, float]:
+        stats_acc: Dict[str, List[float]] = {}
+        losses: List[float] = []
+        for mbs in self.microbatch_schedule(len(ro)):
+            self.apply_optimizer_step(self.backward_pass(ro, mbs, adv_local, stats_acc, losses), stats_acc)
         out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
         out["loss"] = float(np.mean(losses)) if losses else float("nan")
         return out

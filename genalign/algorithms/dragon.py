@@ -534,17 +534,10 @@ class Dragon(Algorithm):
                     last_mb = mi == n_mbs - 1
                     for u in range(self.num_timesteps):
                         loss, st = self._unit_loss(ctx, ro, part, u, beta, hook)
-                        if not torch.isfinite(loss):
-                            nonfinite += 1
-                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                        scaled = loss / (self.num_timesteps * n_mbs)
-                        if last_mb and u == self.num_timesteps - 1:
-                            acc.backward(scaled)
-                        else:
-                            with acc.no_sync(ctx.model):
-                                acc.backward(scaled)
+                        value = ctx.accumulate(loss, self.num_timesteps * n_mbs,
+                                               last_mb and u == self.num_timesteps - 1, nonfinite)
                         if part:
-                            losses.append(float(loss.detach()))
+                            losses.append(value)
                             for k, v in st.items():
                                 if v == v:  # skip NaN stats (an empty side)
                                     stats_acc.setdefault(k, []).append(float(v))

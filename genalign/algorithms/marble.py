@@ -542,24 +542,15 @@ class Marble(NFT):
         return grads, nonfinite
 
     def _mixed_pass(self, ctx, ro, mbs, r_mix, stats_acc, losses) -> torch.Tensor:
-        acc = ctx.accelerator
-        nonfinite = torch.zeros((), device=acc.device)
+        nonfinite = torch.zeros((), device=ctx.accelerator.device)
         for mi, idx in enumerate(mbs):
             mb = ro.index(idx.tolist())
             units = self.units(mb)
             for u in range(units):
                 pt, pred, p_old, p_ref = self.predictions(ctx, mb, u)
                 loss, st = self.loss_from(ctx, pt, pred, p_old, p_ref, r_mix[idx])
-                if not torch.isfinite(loss):
-                    nonfinite += 1
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                scaled = loss / (units * len(mbs))
-                if mi == len(mbs) - 1 and u == units - 1:
-                    acc.backward(scaled)
-                else:
-                    with acc.no_sync(ctx.model):
-                        acc.backward(scaled)
-                losses.append(float(loss.detach()))
+                losses.append(ctx.accumulate(loss, units * len(mbs), mi == len(mbs) - 1 and u == units - 1,
+                                             nonfinite))
                 stats_acc.setdefault("kl", []).append(float(st["kl_loss"]))
                 stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
         return nonfinite
@@ -621,33 +612,20 @@ class Marble(NFT):
         return nonfinite
 
     def update(self, ctx, ro, adv_local):
-        from genalign.trainer import derive_seed
-
         self._restore()
-        cfg = ctx.cfg
-        n = len(ro)
         if adv_local.ndim != 2 or adv_local.shape[1] != len(self._names):
             raise GenalignError(f"MARBLE needs (N, {len(self._names)}) per-reward advantages, got "
                                 f"{tuple(adv_local.shape)}")
         r_all = per_reward_optimality(adv_local.T, self.adv_clip_max)  # (K, n)
-        S = cfg.train.optimizer_steps_per_iteration
         stats_acc: Dict[str, list] = {}
         losses: list = []
-        for epoch in range(cfg.train.inner_epochs):
-            order = torch.arange(n)
-            if S > 1 or cfg.train.inner_epochs > 1:
-                g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, ctx.rank, 3))
-                order = torch.randperm(n, generator=g)
-            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
-                bs = cfg.train.train_batch_size
-                mbs = [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
-                if self._steps % self.period == 0:
-                    nonfinite = self.refresh(ctx, ro, mbs, r_all, stats_acc, losses)
-                else:
-                    r_mix = mix_optimality(r_all, self._w)
-                    nonfinite = self._mixed_pass(ctx, ro, mbs, r_mix, stats_acc, losses)
-                ctx.apply_optimizer_step(nonfinite, stats_acc)
-                self._steps += 1
+        for mbs in ctx.microbatch_schedule(len(ro)):
+            if self._steps % self.period == 0:
+                nonfinite = self.refresh(ctx, ro, mbs, r_all, stats_acc, losses)
+            else:
+                nonfinite = self._mixed_pass(ctx, ro, mbs, mix_optimality(r_all, self._w), stats_acc, losses)
+            ctx.apply_optimizer_step(nonfinite, stats_acc)
+            self._steps += 1
         out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
         out["loss"] = float(np.mean(losses)) if losses else float("nan")
         for k, name in enumerate(self._names):
@@ -715,69 +693,37 @@ class MarbleGRPO(GRPO):
         adv = torch.stack(cols, 1)
         return adv, {"zero_std_ratio": 0.0}, torch.ones(adv.shape[0], dtype=torch.bool)
 
-    def _pass(self, ctx, ro, mbs, adv_vec, stats_acc, losses) -> torch.Tensor:
-        acc = ctx.accelerator
-        nonfinite = torch.zeros((), device=acc.device)
-        for mi, idx in enumerate(mbs):
-            mb = ro.index(idx.tolist())
-            units = self.units(mb)
-            for ui, (loss, st) in enumerate(self.losses(ctx, mb, adv_vec[idx])):
-                if not torch.isfinite(loss):
-                    nonfinite += 1
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                scaled = loss / (units * len(mbs))
-                if mi == len(mbs) - 1 and ui == units - 1:
-                    acc.backward(scaled)
-                else:
-                    with acc.no_sync(ctx.model):
-                        acc.backward(scaled)
-                losses.append(float(loss.detach()))
-                for key, v in st.items():
-                    stats_acc.setdefault(key, []).append(v)
-        return nonfinite
-
     def update(self, ctx, ro, adv_local):
-        from genalign.trainer import derive_seed
-
-        cfg = ctx.cfg
-        n, K = len(ro), adv_local.shape[1]
-        S = cfg.train.optimizer_steps_per_iteration
+        K = adv_local.shape[1]
         stats_acc: Dict[str, list] = {}
         losses: list = []
-        for epoch in range(cfg.train.inner_epochs):
-            order = torch.arange(n)
-            if S > 1 or cfg.train.inner_epochs > 1:
-                g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, ctx.rank, 3))
-                order = torch.randperm(n, generator=g)
-            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
-                bs = cfg.train.train_batch_size
-                mbs = [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
-                if self._steps % self.period == 0:
-                    grads, nonfinite = [], torch.zeros((), device=ctx.accelerator.device)
-                    for k in range(K):
-                        ctx.optimizer.zero_grad(set_to_none=True)
-                        nonfinite = nonfinite + self._pass(ctx, ro, mbs, adv_local[:, k], stats_acc,
-                                                           losses if k == 0 else [])
-                        grads.append([None if p.grad is None else p.grad.detach().clone() for p in self._params])
-                    gram, norms = gram_matrix(grads, normalize=True)
-                    alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
-                    abar = self._smoother.update(alpha_star)
-                    w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
-                    self._w = w.double().cpu()
-                    direction = combine(grads, self._w)
-                    cos = cosines_to_direction(grads, direction)
-                    for p, d in zip(self._params, direction):
-                        p.grad = None if d is None else d.to(p.dtype)
-                    for k, name in enumerate(self._names):
-                        stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
-                        stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
-                        stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
-                    stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
-                else:
-                    a_mix = (adv_local.double() * self._w.unsqueeze(0)).sum(1).float()
-                    nonfinite = self._pass(ctx, ro, mbs, a_mix, stats_acc, losses)
-                ctx.apply_optimizer_step(nonfinite, stats_acc)
-                self._steps += 1
+        for mbs in ctx.microbatch_schedule(len(ro)):
+            if self._steps % self.period == 0:
+                grads, nonfinite = [], torch.zeros((), device=ctx.accelerator.device)
+                for k in range(K):
+                    ctx.optimizer.zero_grad(set_to_none=True)
+                    nonfinite = nonfinite + ctx.backward_pass(ro, mbs, adv_local[:, k], stats_acc,
+                                                          losses if k == 0 else [])
+                    grads.append([None if p.grad is None else p.grad.detach().clone() for p in self._params])
+                gram, norms = gram_matrix(grads, normalize=True)
+                alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
+                abar = self._smoother.update(alpha_star)
+                w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
+                self._w = w.double().cpu()
+                direction = combine(grads, self._w)
+                cos = cosines_to_direction(grads, direction)
+                for p, d in zip(self._params, direction):
+                    p.grad = None if d is None else d.to(p.dtype)
+                for k, name in enumerate(self._names):
+                    stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
+                    stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
+                    stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
+                stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
+            else:
+                a_mix = (adv_local.double() * self._w.unsqueeze(0)).sum(1).float()
+                nonfinite = ctx.backward_pass(ro, mbs, a_mix, stats_acc, losses)
+            ctx.apply_optimizer_step(nonfinite, stats_acc)
+            self._steps += 1
         out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
         out["loss"] = float(np.mean(losses)) if losses else float("nan")
         return out

@@ -40,15 +40,19 @@ def test_marble_run_changes_parameters_and_logs_alpha_and_cosines(tmp_path):
     assert r[f"marble/weight_{names[0]}"] == pytest.approx(inv[0] / sum(inv), rel=1e-5)
 
 
-def test_refresh_gradient_equals_one_pass_with_the_mixed_optimality(tmp_path):
-    """L_NFT is affine in r: Σ_k w_k ∇L(r_k) (the K per-reward passes) = ∇L(Σ_k w_k r_k) (one pass)."""
-    cfg = make_config(tmp_path, {"name": "marble", "ref_weight": 1e-2}, rewards=TWO)
+def _two_reward_rollout(tmp_path, **alg_args):
+    """A MARBLE trainer on two rewards, one rollout, fixed distinct per-reward optimalities, two micro-batches."""
+    cfg = make_config(tmp_path, {"name": "marble", "ref_weight": 1e-2, **alg_args}, rewards=TWO)
     tr = trainer_for(cfg)
     alg = tr.algorithm
     ro = tr.do_rollout(0)
     adv = torch.stack([torch.linspace(-3, 3, len(ro)), torch.linspace(2, -1, len(ro)) ** 2 - 1], 1)
-    r_all = per_reward_optimality(adv.T, alg.adv_clip_max)
-    mbs = [torch.arange(0, 3), torch.arange(3, len(ro))]
+    return tr, alg, ro, per_reward_optimality(adv.T, alg.adv_clip_max), [torch.arange(0, 3), torch.arange(3, len(ro))]
+
+
+def test_refresh_gradient_equals_one_pass_with_the_mixed_optimality(tmp_path):
+    """L_NFT is affine in r: Σ_k w_k ∇L(r_k) (the K per-reward passes) = ∇L(Σ_k w_k r_k) (one pass)."""
+    tr, alg, ro, r_all, mbs = _two_reward_rollout(tmp_path)
     grads, nonfinite = alg.per_reward_gradients(tr, ro, mbs, r_all, {}, [])
     assert float(nonfinite) == 0
     w = torch.tensor([0.3, 0.7], dtype=torch.float64)
@@ -93,13 +97,7 @@ def test_fixed_balance_keeps_equal_weights(tmp_path):
 def test_refresh_fraction_estimates_on_a_subset_and_steps_on_the_whole_batch(tmp_path, monkeypatch):
     """refresh_fraction < 1: per-reward gradients from a random share of each micro-batch; the step's gradient is
     one r_mix pass over the whole batch under the refreshed weights."""
-    cfg = make_config(tmp_path, {"name": "marble", "ref_weight": 1e-2, "refresh_fraction": 0.5}, rewards=TWO)
-    tr = trainer_for(cfg)
-    alg = tr.algorithm
-    ro = tr.do_rollout(0)
-    adv = torch.stack([torch.linspace(-3, 3, len(ro)), torch.linspace(2, -1, len(ro)) ** 2 - 1], 1)
-    r_all = per_reward_optimality(adv.T, alg.adv_clip_max)
-    mbs = [torch.arange(0, 3), torch.arange(3, len(ro))]
+    tr, alg, ro, r_all, mbs = _two_reward_rollout(tmp_path, refresh_fraction=0.5)
     seen = []
     real = alg.per_reward_gradients
 
