@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -93,15 +92,12 @@ def test_vendi_hand_values():
     assert loo.tolist() == pytest.approx([2.0, 2.0, 1.0])
 
 
-def test_fd_timing_5000x64(capsys):
+def test_fd_of_two_samples_of_one_distribution_is_small_at_5000x64():
+    """Thousands of samples: finite, and two draws of N(0, I) are close (speed: scripts/bench/fd_speed.py)."""
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(5000, 64, generator=g), torch.randn(5000, 64, generator=g)
-    t = time.perf_counter()
     fd = stats.frechet_distance(x, y)
-    dt = time.perf_counter() - t
-    assert torch.isfinite(fd)
-    with capsys.disabled():
-        print(f"\n[timing] frechet_distance 5000x64 vs 5000x64 float64 on CPU: {dt * 1000:.1f} ms (fd={fd.item():.4f})")
+    assert torch.isfinite(fd) and 0.0 <= fd.item() < 1.0
 
 
 def test_fd_single_generated_sample_is_a_point_mass():
