@@ -3,10 +3,12 @@
 A distributional reward is an encoder E plus a reference (exemplar) set. Families:
 
 * instance-to-set — ``centroid_similarity``: ``cos(E(x), mean_j E(ref_j))`` (scope ``sample``);
+  ``exemplar_loglik``: the log-density of E(x) under the Gaussian fitted to the exemplar embeddings (the
+  Gaussian the FD compares against; scope ``sample``; genalign's addition, not from the DRAGON paper);
   ``fd_contribution``: each sample's leave-one-out effect on the Fréchet distance of the batch to the
   exemplar set, ``FD(batch − x_i, ref) − FD(batch, ref)`` (scope ``set``: it depends on the batch).
 * set-to-set — ``fd`` (reward ``−FD``), ``mmd`` (``−MMD²``, unbiased, KID kernel), ``vendi`` (Vendi score,
-  no reference needed). Scope ``set``: per-sample scores are each sample's leave-one-out contribution to the
+  no reference needed; ``per_prompt: true`` scores the diversity among each prompt's samples instead). Scope ``set``: per-sample scores are each sample's leave-one-out contribution to the
   set reward, ``R(batch) − R(batch − x_i)`` — positive when the sample helps — so they rank samples for
   DRAGON's D⁺/D⁻ split. The set value itself is :meth:`SetReward.set_value`. Contributions need ≥ 3 samples.
 
@@ -236,6 +238,51 @@ class CentroidSimilarityReward(_DistributionalBase):
         return F.cosine_similarity(e, c, dim=-1).float()
 
 
+@REWARDS.register("exemplar_loglik")
+class ExemplarLogLikelihoodReward(_DistributionalBase):
+    """Instance-to-set: ``log N(E(x); μ_ref, Σ_ref + λ·(tr Σ_ref / D)·I) / D`` — nats per embedding dimension.
+
+    The Gaussian is the one the Fréchet distance fits to the exemplar set, so this is the single-sample view of
+    "how exemplar-like is x": unlike ``centroid_similarity`` it weighs every direction by how much the exemplars
+    vary along it (a direction along which all exemplars agree — stroke width, say — counts heavily).
+    genalign's addition, not a reward of the DRAGON paper. ``shrinkage`` λ ridges the exemplar covariance
+    (needed when there are fewer exemplars than dimensions, or the encoder's features are rank-deficient);
+    default 0.1, chosen on the toy world, where it ranked samples by stroke width best (docs: README, DRAGON).
+    """
+
+    scope = "sample"
+
+    def __init__(self, encoder: Union[str, Callable] = "clip", reference: Any = None, encoder_args: Optional[dict] = None,
+                 reference_kind: str = "auto", cache_dir: Optional[str] = None, batch_size: int = 32,
+                 image_size: Optional[int] = None, sample_rate: Optional[int] = None,
+                 shrinkage: float = 0.1):
+        super().__init__(encoder, reference, encoder_args, reference_kind, cache_dir, batch_size, image_size, sample_rate)
+        if not float(shrinkage) >= 0:
+            raise ConfigError(f"reward 'exemplar_loglik': shrinkage must be >= 0, got {shrinkage}")
+        self.shrinkage = float(shrinkage)
+        self._stats = None
+
+    def _gaussian(self):
+        if self._stats is None:
+            ref = self.exemplars.embeddings
+            if ref.shape[0] < 2:
+                raise GenalignError(f"reward '{self.name}' fits a Gaussian to the exemplars and needs at least 2, "
+                                    f"got {ref.shape[0]}")
+            mu, sigma = stats.mean_cov(ref)
+            if self.shrinkage == 0 and torch.linalg.matrix_rank(sigma) < sigma.shape[0]:
+                raise GenalignError(f"reward '{self.name}': the exemplar covariance is rank-deficient "
+                                    f"({ref.shape[0]} exemplars, {ref.shape[1]} dims); set shrinkage > 0")
+            if float(torch.trace(sigma)) <= 0:
+                raise GenalignError(f"reward '{self.name}': all exemplar embeddings are identical")
+            self._stats = (mu, sigma)
+        return self._stats
+
+    def score(self, samples, prompts, metadata):
+        mu, sigma = self._gaussian()
+        e = self.embed(samples)
+        return (stats.gaussian_log_density(e, mu, sigma, self.shrinkage) / e.shape[1]).float().cpu()
+
+
 class SetReward(_DistributionalBase):
     """A set-to-set reward R(batch, ref): :meth:`set_value` is R; per-sample scores are R(batch) − R(batch − i)."""
 
@@ -311,12 +358,57 @@ class MMDReward(SetReward):
 
 @REWARDS.register("vendi")
 class VendiReward(SetReward):
-    """``R = Vendi(E(batch))`` with the cosine kernel (diversity; needs no reference set)."""
+    """``R = Vendi(E(batch))`` with the cosine kernel (diversity; needs no reference set).
+
+    ``per_prompt: true``: R = the mean over the P prompts of the Vendi score of that prompt's samples. A
+    sample's score is still R(batch) − R(batch − i), which is its own group's Vendi change divided by P (0 for
+    a prompt with a single sample). Whole-batch Vendi is dominated by the differences *between* prompts, so maximising it can reward
+    samples that drift off their prompt; the per-prompt form asks for variety among the seeds of one prompt
+    (mode collapse is per prompt). Needs ``data.group_size >= 2``. genalign's option, not from the paper.
+    """
 
     needs_reference = False
+
+    def __init__(self, encoder: Union[str, Callable] = "clip", reference: Any = None, encoder_args: Optional[dict] = None,
+                 reference_kind: str = "auto", cache_dir: Optional[str] = None, batch_size: int = 32,
+                 image_size: Optional[int] = None, sample_rate: Optional[int] = None,
+                 per_prompt: bool = False):
+        super().__init__(encoder, reference, encoder_args, reference_kind, cache_dir, batch_size, image_size, sample_rate)
+        self.per_prompt = bool(per_prompt)
 
     def set_value_from_embeddings(self, e):
         return stats.vendi_score(e)
 
     def loo_values_from_embeddings(self, e):
         return stats.vendi_score_loo(e)
+
+    def _groups(self, prompts, n: int) -> List[List[int]]:
+        if prompts is None or len(prompts) != n:
+            raise GenalignError(f"reward '{self.name}' with per_prompt needs one prompt per sample")
+        out: Dict[str, List[int]] = {}
+        for i, p in enumerate(prompts):
+            out.setdefault(p, []).append(i)
+        return list(out.values())
+
+    def set_value(self, samples, prompts=None, metadata=None):
+        if not self.per_prompt:
+            return super().set_value(samples, prompts, metadata)
+        with torch.no_grad():
+            e = self.embed(samples).to(self.device)
+            vals = [stats.vendi_score(e[idx]) for idx in self._groups(prompts, e.shape[0])]
+            return torch.stack(vals).mean().cpu()
+
+    def score(self, samples, prompts, metadata):
+        if not self.per_prompt:
+            return super().score(samples, prompts, metadata)
+        e = self.embed(samples).to(self.device)
+        out = torch.zeros(e.shape[0], dtype=torch.float64)
+        groups = self._groups(prompts, e.shape[0])
+        if max(len(g) for g in groups) < 2:
+            raise GenalignError(f"reward '{self.name}' with per_prompt needs at least 2 samples per prompt "
+                                f"(data.group_size >= 2)")
+        for idx in groups:
+            if len(idx) >= 2:
+                sub = e[idx]
+                out[idx] = (stats.vendi_score(sub) - stats.vendi_score_loo(sub)).cpu() / len(groups)
+        return out.float()

@@ -9,6 +9,8 @@
   ``k(a, b) = (aᵀb/d + 1)³`` (Bińkowski et al., arXiv 1801.01401).
 * :func:`vendi_score` — Vendi score (Friedman & Dieng, arXiv 2210.02410): ``exp(−Σ λ log λ)`` over the
   eigenvalues of ``K/n`` with ``K_ij = cos(e_i, e_j)``.
+* :func:`gaussian_log_density` — per-sample log-density under a Gaussian fit (the Gaussian FD compares), with
+  a shrinkage ridge for rank-deficient covariances.
 
 Leave-one-out versions (``*_loo``) return, for each generated sample i, the statistic of the set without i;
 distributional rewards use them to rank samples by their contribution.
@@ -16,6 +18,7 @@ distributional rewards use them to rank samples by their contribution.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -40,6 +43,26 @@ def mean_cov(x: torch.Tensor, allow_single: bool = False) -> Tuple[torch.Tensor,
     if x.shape[0] == 1:
         return mu, torch.zeros(x.shape[1], x.shape[1], dtype=_DT, device=x.device)
     return mu, xc.T @ xc / (x.shape[0] - 1)
+
+
+def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, shrinkage: float = 0.0) -> torch.Tensor:
+    """Per-row log N(x; μ, Σ_λ) in float64, with Σ_λ = Σ + λ·(tr Σ / d)·I (``shrinkage`` λ ≥ 0; isotropic ridge
+    scaled to the mean eigenvalue, so rank-deficient covariances — n < d, ReLU features — stay invertible).
+    Raises ValueError when Σ_λ is not positive definite (e.g. λ = 0 on a rank-deficient Σ)."""
+    x, mu, sigma = _f64(x), _f64(mu).to(x.device), _f64(sigma).to(x.device)
+    if x.dim() != 2 or mu.shape != (x.shape[1],) or sigma.shape != (x.shape[1], x.shape[1]):
+        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, mu {tuple(mu.shape)}, sigma {tuple(sigma.shape)}")
+    if shrinkage < 0:
+        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+    d = x.shape[1]
+    s = 0.5 * (sigma + sigma.T)
+    s = s + shrinkage * (torch.trace(s) / d) * torch.eye(d, dtype=_DT, device=x.device)
+    chol, info = torch.linalg.cholesky_ex(s)
+    if int(info) != 0:
+        raise ValueError("covariance is not positive definite; use shrinkage > 0")
+    z = torch.linalg.solve_triangular(chol, (x - mu).T, upper=False)  # (d, n): L⁻¹(x − μ)
+    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
+    return -0.5 * (z.pow(2).sum(0) + logdet + d * math.log(2 * math.pi))
 
 
 def psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,30 @@ def test_set_split_by_leave_one_out_contribution(tmp_path, reward):
     assert changed(tr, before) == len(before)
 
 
+def test_set_split_with_per_prompt_vendi(tmp_path):
+    """Per-prompt Vendi through DRAGON: contributions within each prompt's group, verified on subsets by prompt."""
+    cfg = make_config(tmp_path, {"name": "dragon", "split": "set", "loss": "kto", "split_mode": "quantile",
+                                 "quantile": 0.34},
+                      rewards=[{"name": "vendi", "encoder": "tests.algorithms.trainer_utils:mean_rgb",
+                                "per_prompt": True}], iterations=1)
+    tr = trainer_for(cfg)
+    alg = tr.algorithm
+    ro = tr.do_rollout(0)
+    # prompt A: red, green, blue (Vendi 3, removing any leaves 2); prompt B: three blues (1, unchanged);
+    # R = mean over the 2 prompts, so the contributions are (3 − 2) / 2 and 0
+    colours = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1), (0, 0, 1), (0, 0, 1)]
+    ro.samples = torch.tensor(colours, dtype=torch.float32).reshape(6, 3, 1, 1).expand(6, 3, 4, 4).clone()
+    per, groups, prompts = tr.score(ro)
+    assert prompts[0] == prompts[1] == prompts[2] != prompts[3] == prompts[4] == prompts[5]
+    assert per[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.5, 0, 0, 0], abs=1e-6)
+    alg.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
+    pos, neg, st = alg.split_sets(tr, ro)
+    assert pos.tolist() == [0, 1, 2] and neg.tolist() == [3, 4, 5]  # ties at the quantile kept on both sides
+    # R(D⁺) = Vendi(red, green, blue) = 3 within prompt A; R(D⁻) = Vendi(blue ×3) = 1 within prompt B
+    assert st["dragon/set_value_pos"] == pytest.approx(3.0) and st["dragon/set_value_neg"] == pytest.approx(1.0)
+    assert st["dragon/set_value_batch"] == pytest.approx((3 + 1) / 2)
+
+
 def test_dragon_dpo_on_an_eps_prediction_model(tmp_path):
     cfg = make_config(tmp_path, {"name": "dragon", "loss": "dpo", "stochastic_rollout": True}, family="sd",
                       iterations=1)

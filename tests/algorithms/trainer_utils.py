@@ -120,3 +120,8 @@ class SetBrightnessGapContrib(SetBrightnessGap):
             out.append(full - float(self.set_value(samples[keep])))
             keep[i] = True
         return torch.tensor(out)
+
+
+def mean_rgb(x):
+    """A hand-checkable encoder for distributional rewards: each image's mean colour (N, 3)."""
+    return x.float().mean(dim=(2, 3))

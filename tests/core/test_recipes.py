@@ -30,3 +30,24 @@ def test_accelerate_configs_parse():
     for p in glob.glob(os.path.join(REPO, "configs", "accelerate", "*.yaml")):
         d = yaml.safe_load(open(p))
         assert "distributed_type" in d and open(p).readline().startswith("# accelerate launch")
+
+
+TOY_RECIPES = [p for p in RECIPES if os.sep + "toy" + os.sep in p]
+
+
+@pytest.mark.parametrize("path", TOY_RECIPES, ids=[os.path.relpath(p, REPO) for p in TOY_RECIPES])
+def test_toy_recipe_rewards_build_and_score(path, monkeypatch):
+    """The toy recipes' rewards construct from their arguments (everything they need ships in assets/) and score
+    a small batch of the recipe's prompts with finite values."""
+    import torch
+
+    from genalign.io import read_prompts
+    from genalign.rewards.base import build_rewards
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(path)
+    prompts = [p for p in read_prompts(cfg.data.prompts)[:2] for _ in range(3)]
+    x = torch.rand(len(prompts), 3, cfg.model.height, cfg.model.width, generator=torch.Generator().manual_seed(0))
+    for reward in build_rewards(cfg.rewards):
+        s = reward(x, prompts)
+        assert s.shape == (len(prompts),) and torch.isfinite(s).all(), (reward.name, s)

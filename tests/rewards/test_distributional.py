@@ -126,6 +126,49 @@ def test_vendi_reward_ranks_duplicates_low():
     assert s[0] == pytest.approx(s[1].item()) and s[0] < s[2] and s[2] == pytest.approx(s[3].item())
 
 
+def test_exemplar_loglik_hand_values_and_ranking():
+    # exemplars' mean colours: (1,0,0), (0,1,0), (1,1,0), (0,0,0) -> μ = (.5,.5,0), Σ = diag(1/3, 1/3, 0),
+    # tr Σ / 3 = 2/9; shrinkage 0.5 -> Σ_λ = diag(4/9, 4/9, 1/9)
+    ref = solid([(1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 0)])
+    r = build_reward("exemplar_loglik", {"encoder": mean_rgb, "reference": ref, "shrinkage": 0.5})
+    assert r.scope == "sample"
+    x = solid([(0.5, 0.5, 0), (0.5, 0.5, 1), (1, 1, 0)])
+    var = torch.tensor([4 / 9, 4 / 9, 1 / 9], dtype=torch.float64)
+    d = mean_rgb(x).double() - torch.tensor([0.5, 0.5, 0], dtype=torch.float64)
+    want = -0.5 * ((d ** 2 / var).sum(1) + var.log().sum() + 3 * torch.log(torch.tensor(2 * torch.pi))) / 3
+    s = r(x, [""] * 3)
+    assert s.shape == (3,) and torch.allclose(s.double(), want, atol=1e-5)
+    # blue is off the exemplars' plane (a direction they never vary along): far less likely than a corner
+    # exemplar, which is itself less likely than the centre
+    assert s[0] > s[2] > s[1]
+    with pytest.raises(GenalignError, match="shrinkage > 0"):
+        build_reward("exemplar_loglik", {"encoder": mean_rgb, "reference": ref, "shrinkage": 0})(x, [""] * 3)
+    with pytest.raises(GenalignError, match="at least 2"):
+        build_reward("exemplar_loglik", {"encoder": mean_rgb, "reference": ref[:1]})(x, [""] * 3)
+    with pytest.raises(ConfigError, match="shrinkage must be >= 0"):
+        build_reward("exemplar_loglik", {"encoder": mean_rgb, "reference": ref, "shrinkage": -1})
+
+
+def test_vendi_per_prompt_hand_values():
+    # prompt a: two identical reds (Vendi 1, removing one leaves 1 -> change 0);
+    # prompt b: red and green (Vendi 2, removing one leaves 1 -> change 1); prompt c: one sample -> 0.
+    # R is the mean over the 3 prompts, so each score R(batch) - R(batch - i) is its group's change / 3
+    x = solid([(1, 0, 0), (1, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)])
+    prompts = ["a", "a", "b", "b", "c"]
+    r = build_reward("vendi", {"encoder": mean_rgb, "per_prompt": True})
+    assert r.set_value(x, prompts).item() == pytest.approx((1 + 2 + 1) / 3)
+    s = r(x, prompts)
+    assert s.tolist() == pytest.approx([0.0, 0.0, 1 / 3, 1 / 3, 0.0], abs=1e-7)
+    keep = [0, 1, 3, 4]  # drop sample 2: prompt b is left with one sample
+    assert s[2].item() == pytest.approx((r.set_value(x, prompts) - r.set_value(x[keep], [prompts[i] for i in keep])).item())
+    # the whole-batch form sees the three colours across prompts instead
+    assert build_reward("vendi", {"encoder": mean_rgb}).set_value(x).item() > 2.0
+    with pytest.raises(GenalignError, match="group_size >= 2"):
+        r(x[:3], ["a", "b", "c"])
+    with pytest.raises(GenalignError, match="one prompt per sample"):
+        r.set_value(x, None)
+
+
 def test_encoder_by_dotted_path_and_config_errors():
     r = build_reward("centroid_similarity", {"encoder": "reward_fixtures:mean_rgb", "reference": solid([(1, 0, 0)])})
     assert r(solid([(1, 0, 0)]), [""]).item() == pytest.approx(1.0)

@@ -106,3 +106,27 @@ def test_fd_single_generated_sample_is_a_point_mass():
     assert stats.frechet_distance(torch.tensor([[3.0]]), y).item() == pytest.approx(6.0)
     with pytest.raises(ValueError, match="at least 2 samples"):
         stats.mmd2_unbiased(torch.tensor([[3.0]]), y)
+
+
+def test_gaussian_log_density_hand_values_and_scipy():
+    # 1-D by hand: x = 2, μ = 0, σ² = 1, shrinkage 1 -> σ²_λ = 1 + 1·(1/1) = 2
+    v = stats.gaussian_log_density(torch.tensor([[2.0]]), torch.zeros(1), torch.ones(1, 1), shrinkage=1.0)
+    assert v.item() == pytest.approx(-0.5 * (4 / 2 + np.log(2) + np.log(2 * np.pi)), rel=1e-12)
+    # full-rank 3-D against scipy, and the ridge scaled by the mean eigenvalue
+    import scipy.stats
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    sigma, mu, x = a @ a.T + 0.5 * torch.eye(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), torch.randn(
+        5, 3, generator=g, dtype=torch.float64)
+    got = stats.gaussian_log_density(x, mu, sigma)
+    want = scipy.stats.multivariate_normal(mu.numpy(), sigma.numpy()).logpdf(x.numpy())
+    assert np.allclose(got.numpy(), want, atol=1e-10)
+    ridge = sigma + 0.2 * torch.trace(sigma) / 3 * torch.eye(3, dtype=torch.float64)
+    want = scipy.stats.multivariate_normal(mu.numpy(), ridge.numpy()).logpdf(x.numpy())
+    assert np.allclose(stats.gaussian_log_density(x, mu, sigma, shrinkage=0.2).numpy(), want, atol=1e-10)
+    # rank-deficient: a clear error without shrinkage, finite with it
+    flat = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="shrinkage > 0"):
+        stats.gaussian_log_density(torch.zeros(1, 2), torch.zeros(2), flat)
+    assert torch.isfinite(stats.gaussian_log_density(torch.zeros(1, 2), torch.zeros(2), flat, shrinkage=1e-3)).all()
