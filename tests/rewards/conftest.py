@@ -52,3 +52,19 @@ def tiny_clip_dir(tmp_path_factory, clip_tokenizer_dir):
     tok.save_pretrained(d)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A tiny transformers Dinov2Model + image processor, saved with save_pretrained."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from genalign.rewards.clip import IMAGENET_MEAN, IMAGENET_STD
+
+    d = str(tmp_path_factory.mktemp("dinov2"))
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                             image_size=32, patch_size=8)).save_pretrained(d)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(d)
+    return d

@@ -180,3 +180,33 @@ def test_encoder_by_dotted_path_and_config_errors():
         build_reward("fd", {"encoder": mean_rgb, "reference": solid([(1, 0, 0)]), "reference_kind": "video"})
     with pytest.raises(GenalignError, match="not found or of unknown type"):
         build_reward("fd", {"encoder": mean_rgb, "reference": "/no/such/thing"}).set_value(solid([(1, 0, 0)] * 3))
+
+
+def test_shipped_real_model_dragon_recipes_build_their_rewards(tiny_clip_dir, tiny_dinov2, tmp_path, monkeypatch):
+    """configs/sd35/dragon_*.yaml: the rewards build from the recipe's own arguments, with the tiny encoders of the
+    same classes standing in for the hub weights (the code path a hub id takes)."""
+    from genalign.config import load_config
+    from genalign.io import read_prompts
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.chdir(repo)
+    x = color_images(list(COLORS), size=32)
+    # cross-modal: CLIP text exemplars from the shipped sentences file
+    spec = load_config("configs/sd35/dragon_clip_text.yaml").rewards[0]
+    args = {**spec.args, "encoder_args": {"model": tiny_clip_dir}, "cache_dir": str(tmp_path / "cache")}
+    r = build_reward(spec.name, args)
+    assert r.exemplars.embeddings.shape[0] == len(read_prompts(spec.args["reference"])) == 12
+    s = r(x, ["a cat"] * 3)
+    assert s.shape == (3,) and ((s >= -1) & (s <= 1)).all()
+    # DINOv2 FD against an exemplar image folder: the recipe's default folder is the user's to fill -> a clear error
+    spec = load_config("configs/sd35/dragon_dinov2_fd.yaml").rewards[0]
+    args = {**spec.args, "encoder_args": {"model": tiny_dinov2}, "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(GenalignError, match="data/exemplars"):
+        build_reward(spec.name, args).set_value(x)
+    folder = tmp_path / "exemplars"
+    folder.mkdir()
+    for i, img in enumerate(color_images(list(COLORS) * 2, size=32, seed=1)):
+        (folder / f"{i}.png").write_bytes(encode_png(img))
+    r = build_reward(spec.name, {**args, "reference": str(folder)})
+    assert r.exemplars.embeddings.shape == (2 * len(COLORS), 32)
+    assert torch.isfinite(r.set_value(x)) and r(x, [""] * 3).shape == (3,)

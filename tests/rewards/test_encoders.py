@@ -10,19 +10,6 @@ from genalign.rewards.encoders import CallableEncoder, ClapEncoder, Dinov2Encode
 CLAP_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "low", "high", "tone", "noise", "quiet", "loud"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    d = str(tmp_path_factory.mktemp("dinov2"))
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
-                             image_size=32, patch_size=8)).save_pretrained(d)
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
-                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(d)
-    return d
-
-
 def test_dinov2_encoder_by_path(tiny_dinov2):
     from transformers import Dinov2Model
 
