@@ -21,7 +21,7 @@ import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -130,6 +130,19 @@ def _null_components(pipe_cls, cfg: ModelConfig) -> Dict[str, Any]:
     return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and list(v) == [None, None]}
 
 
+
+def native_size(pipe, denoiser_name: str) -> Tuple[int, int]:
+    """The size (height, width) in pixels that the stock pipeline's ``__call__`` generates by default:
+    ``default_sample_size`` (or the denoiser's ``sample_size``) × the VAE scale factor."""
+    size = getattr(pipe, "default_sample_size", None)
+    if size is None:
+        size = getattr(getattr(pipe, denoiser_name).config, "sample_size", None)
+    if size is None:
+        raise ConfigError("the pipeline declares no default size; set the height and width explicitly")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    f = int(pipe.vae_scale_factor)
+    return int(h) * f, int(w) * f
+
 class Generator:
     """Base class of the model-family adapters. See the module docstring for the hooks a family implements."""
 
@@ -190,6 +203,11 @@ class Generator:
         except (OSError, EnvironmentError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"cannot load pipeline '{cfg.path}': {msg}") from None
+        if not cfg.height or not cfg.width:  # 0 = the stock pipeline's own default size (e.g. `genalign sample`)
+            import dataclasses
+
+            h, w = native_size(pipe, cls.denoiser_name)
+            cfg = dataclasses.replace(cfg, height=cfg.height or h, width=cfg.width or w)
         return cls(pipe, cfg, device)
 
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Generator, Schedule
 
@@ -64,6 +65,17 @@ class SD3Generator(Generator):
                     continue
             names.append(name)
         return names
+
+    def __init__(self, pipe, cfg, device="cpu"):
+        # the transformer's positional-embedding table bounds the image size (diffusers fails deep in the forward)
+        tcfg = pipe.transformer.config
+        limit = getattr(tcfg, "pos_embed_max_size", None)
+        if limit:
+            px = int(limit) * int(tcfg.patch_size) * int(pipe.vae_scale_factor)
+            if cfg.height > px or cfg.width > px:
+                raise ConfigError(f"this SD3 transformer generates at most {px}x{px} pixels (pos_embed_max_size "
+                                  f"{limit}); got {cfg.height}x{cfg.width}: lower the height/width")
+        super().__init__(pipe, cfg, device)
 
     @classmethod
     def pipe_class(cls):

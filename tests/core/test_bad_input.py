@@ -106,3 +106,21 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     r = run_cli(["train", str(tmp_path / "nope.yaml")])
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"genalign: error: config file '{tmp_path / 'nope.yaml'}' does not exist"]
+
+
+def test_sample_defaults_to_the_pipelines_size_and_rejects_oversize(capsys, tmp_path, tiny_sd3):
+    from genalign.cli import main
+    from genalign.config import ModelConfig
+    from genalign.models.base import native_size
+    from genalign.registry import MODELS
+
+    gen = MODELS.get("sd3").load(ModelConfig(family="sd3", path=tiny_sd3, height=0, width=0))
+    h, w = native_size(gen.pipe, "transformer")
+    assert (gen.cfg.height, gen.cfg.width) == (h, w) and h > 0
+    assert main(["sample", "--model", tiny_sd3, "--prompt", "a", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "s" / "0000_seed0.png").size == (w, h)
+    limit = gen.pipe.transformer.config.pos_embed_max_size * gen.pipe.transformer.config.patch_size * gen.pipe.vae_scale_factor
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--height", str(2 * limit), "--width",
+                    str(2 * limit), "--out", str(tmp_path / "t")], f"at most {limit}x{limit} pixels")
