@@ -151,6 +151,7 @@ class Generator:
     modality: str = "image"
     denoiser_name: str = "transformer"
     default_lora_targets: List[str] = []
+    max_sequence_length: Optional[int] = None  # T5 tokens of the stock pipeline's default, for families with T5
 
     @classmethod
     def pipe_class(cls):
@@ -364,6 +365,29 @@ class Generator:
         return guidance_scale > 1.0
 
     # ---------------------------------------------------------------------------------------------- shared logic
+    def text_sequence_length(self) -> Optional[int]:
+        """T5 tokens per prompt: ``model.max_sequence_length``, else the stock pipeline's default (None: no T5)."""
+        return self.cfg.max_sequence_length or self.max_sequence_length
+
+    def vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) latents → images in [0, 1]: undo the VAE's scaling/shift, decode, map [−1, 1] → [0, 1]."""
+        vae = self.pipe.vae
+        z = z.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        img = vae.decode(z, return_dict=False)[0].float()
+        return (img / 2 + 0.5).clamp(0, 1)
+
+    def stock_call_kwargs(self) -> Dict[str, Any]:
+        """Family-specific keyword arguments of the stock ``__call__`` used by :meth:`stock_call`."""
+        n = self.text_sequence_length()
+        return {} if n is None else {"max_sequence_length": n}
+
+    def stock_call(self, prompts, seeds, num_steps, guidance_scale, **kw):
+        """The stock pipeline's ``__call__`` on the same initial noise (parity checks and benchmarks)."""
+        lat = self.initial_noise(seeds).to(self.weight_dtype)
+        return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
+                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt",
+                         **{**self.stock_call_kwargs(), **kw}).images
+
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         gens = sample_generators(seeds, "cpu", salt=0)
         return per_sample_randn(self.latent_shape(), gens, "cpu").to(self.device)

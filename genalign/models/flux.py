@@ -85,7 +85,7 @@ class FluxGenerator(Generator):
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
         pe, pooled, _ = self.pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=self.device,
-                                                max_sequence_length=self.cfg.max_sequence_length or self.max_sequence_length)
+                                                max_sequence_length=self.text_sequence_length())
         pos = {"enc": pe, "pooled": pooled}
         if self.denoiser.config.guidance_embeds:  # embedded (distilled) guidance, one value per sample
             pos["guidance"] = torch.full((len(prompts),), float(guidance_scale), dtype=torch.float32,
@@ -125,15 +125,4 @@ class FluxGenerator(Generator):
         return self.pipe._unpack_latents(latents, self.cfg.height, self.cfg.width, self.pipe.vae_scale_factor)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = self.unpack(latents.to(vae.dtype))
-        z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        img = vae.decode(z, return_dict=False)[0].float()
-        return (img / 2 + 0.5).clamp(0, 1)
-
-    def stock_call(self, prompts, seeds, num_steps, guidance_scale, **kw):
-        """The stock pipeline's ``__call__`` on the same (packed) initial noise (parity checks, benchmarks)."""
-        lat = self.initial_noise(seeds).to(self.weight_dtype)
-        return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt",
-                         max_sequence_length=self.cfg.max_sequence_length or self.max_sequence_length, **kw).images
+        return self.vae_decode(self.unpack(latents))

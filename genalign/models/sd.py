@@ -102,12 +102,8 @@ class _VPGenerator(Generator):
                 vae.to(torch.float16)
         return (img / 2 + 0.5).clamp(0, 1)
 
-    def stock_call(self, prompts, seeds, num_steps, guidance_scale, **kw):
-        """The stock pipeline's ``__call__`` (DDIM, η = 0 unless given) on the same initial noise."""
-        lat = self.initial_noise(seeds).to(self.weight_dtype)
-        kw.setdefault("eta", 0.0)
-        return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt", **kw).images
+    def stock_call_kwargs(self):
+        return {"eta": 0.0}  # the stock DDIM __call__ at η = 0 unless given
 
 
 @MODELS.register("sd")

@@ -51,6 +51,7 @@ class SD3Generator(Generator):
     kind = "flow"
     denoiser_name = "transformer"
     default_lora_targets = JOINT_ATTENTION_LORA_TARGETS
+    max_sequence_length = 256  # T5 tokens, as the stock pipeline's default
 
     def resolve_lora_targets(self, targets):
         """Expand suffixes to module names, leaving out ``add_q_proj`` of blocks with ``context_pre_only`` (the
@@ -98,7 +99,7 @@ class SD3Generator(Generator):
         pe, ne, pp, npool = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=cfg, negative_prompt=[""] * len(prompts) if cfg else None,
-            max_sequence_length=self.cfg.max_sequence_length or 256,
+            max_sequence_length=self.text_sequence_length(),
         )
         out = {"pos": {"enc": pe, "pooled": pp}}
         if cfg:
@@ -115,14 +116,4 @@ class SD3Generator(Generator):
         return flow_schedule(self.pipe, num_steps, shift, (h // p) * (w // p), self.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        img = vae.decode(z, return_dict=False)[0].float()
-        return (img / 2 + 0.5).clamp(0, 1)
-
-    def stock_call(self, prompts, seeds, num_steps, guidance_scale, **kw):
-        """The stock pipeline's ``__call__`` on the same initial noise (for parity checks and benchmarks)."""
-        lat = self.initial_noise(seeds).to(self.weight_dtype)
-        return self.pipe(prompt=list(prompts), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-                         height=self.cfg.height, width=self.cfg.width, latents=lat, output_type="pt",
-                         max_sequence_length=self.cfg.max_sequence_length or 256, **kw).images
+        return self.vae_decode(latents)

@@ -169,8 +169,29 @@ class HFClip:
         return F.normalize(e, dim=-1) if normalize else e
 
 
+class _HFClipReward(Reward):
+    """Shared body of the transformers-CLIP image-text rewards: a lazily loaded :class:`HFClip` and the cosine."""
+
+    differentiable = True
+    modality = "image"
+
+    def __init__(self, model: str, processor: Optional[str], dtype: str):
+        super().__init__()
+        self.clip = HFClip(model, processor, dtype)
+
+    def to(self, device):
+        super().to(device)
+        self.clip.to(device)
+        return self
+
+    def cosine(self, samples, prompts) -> torch.Tensor:
+        """cos(image, prompt) per sample (differentiable in ``samples``)."""
+        check_images(self.name, samples)
+        return (self.clip.image_embeds(samples) * self.clip.text_embeds(prompts)).sum(-1)
+
+
 @REWARDS.register("clip_score")
-class ClipScoreReward(Reward):
+class ClipScoreReward(_HFClipReward):
     """``scale · max(cos(image, prompt), clamp_min)`` with a CLIP model (differentiable).
 
     Args:
@@ -179,56 +200,33 @@ class ClipScoreReward(Reward):
         scale: multiplier (1 = raw cosine; CLIPScore uses 2.5). clamp_min: lower clamp (None = none).
     """
 
-    differentiable = True
-    modality = "image"
-
     def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: Optional[str] = None,
                  scale: float = 1.0, clamp_min: Optional[float] = None, dtype: str = "float32"):
-        super().__init__()
-        self.clip = HFClip(model, processor, dtype)
+        super().__init__(model, processor, dtype)
         self.scale = float(scale)
         self.clamp_min = clamp_min
 
-    def to(self, device):
-        super().to(device)
-        self.clip.to(device)
-        return self
-
     def score(self, samples, prompts, metadata):
-        check_images(self.name, samples)
-        img = self.clip.image_embeds(samples)
-        txt = self.clip.text_embeds(prompts)
-        cos = (img * txt).sum(-1).float()
+        cos = self.cosine(samples, prompts).float()
         if self.clamp_min is not None:
             cos = cos.clamp_min(float(self.clamp_min))
         return self.scale * cos.to(samples.device)
 
 
 @REWARDS.register("pickscore")
-class PickScoreReward(Reward):
+class PickScoreReward(_HFClipReward):
     """PickScore: ``logit_scale.exp() · cos(image, prompt)`` (≈ 100·cos for the released model; differentiable).
 
     ``divide_by`` rescales the output (e.g. 26 as in Flow-GRPO's ``pickscore`` scorer; default 1 = raw).
     """
 
-    differentiable = True
-    modality = "image"
-
     def __init__(self, model: str = "yuvalkirstain/PickScore_v1",
                  processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", divide_by: float = 1.0,
                  dtype: str = "float32"):
-        super().__init__()
-        self.clip = HFClip(model, processor, dtype)
+        super().__init__(model, processor, dtype)
         self.divide_by = float(divide_by)
 
-    def to(self, device):
-        super().to(device)
-        self.clip.to(device)
-        return self
-
     def score(self, samples, prompts, metadata):
-        check_images(self.name, samples)
-        img = self.clip.image_embeds(samples)
-        txt = self.clip.text_embeds(prompts)
-        s = self.clip.model.logit_scale.exp() * (img * txt).sum(-1)
+        cos = self.cosine(samples, prompts)  # loads the model on first use
+        s = self.clip.model.logit_scale.exp() * cos
         return (s.float() / self.divide_by).to(samples.device)
