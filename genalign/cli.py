@@ -91,6 +91,23 @@ def _guess_family(model: str) -> str:
     raise ConfigError(f"cannot tell the model family of '{model}'; pass --family (sd3, flux, sd, sdxl)")
 
 
+def _reward_spec(text: str):
+    """``NAME`` or a YAML mapping like a config's reward entry, ``{name: fd, encoder: dinov2, reference: DIR}``."""
+    import yaml
+
+    if not text.lstrip().startswith("{"):
+        return text, None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise GenalignError(f"--reward {text!r} is not a valid YAML mapping: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise GenalignError(f"--reward {text!r}: a mapping needs a 'name' key, e.g. '{{name: fd, reference: DIR}}'")
+    name = spec.pop("name")
+    spec.pop("weight", None)
+    return name, spec
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -124,7 +141,7 @@ def cmd_sample(args) -> int:
     if args.reward:
         from .rewards.base import build_reward
 
-        rewards = [build_reward(n).to(device) for n in args.reward]
+        rewards = [build_reward(*_reward_spec(r)).to(device) for r in args.reward]
     recs = sample_to_dir(gen, prompts, args.seeds, scfg, args.out, num_steps=args.steps,
                          guidance_scale=args.guidance, rewards=rewards)
     print(f"genalign: wrote {len(recs)} samples and grid.png to {os.path.abspath(args.out)}")
@@ -164,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=0, help="pixels (default: the pipeline's own default size)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     s.add_argument("--device")
-    s.add_argument("--reward", action="append", help="score samples with this reward (repeatable)")
+    s.add_argument("--reward", action="append",
+                   help="score samples with this reward (repeatable): a name, or a mapping with arguments as in a "
+                        "config, e.g. '{name: exemplar_loglik, encoder: digits, reference: FILE}'")
     s.add_argument("--out", required=True)
     e = sub.add_parser("export", help="checkpoint -> diffusers LoRA folder, or --fuse -> full pipeline")
     e.add_argument("checkpoint")

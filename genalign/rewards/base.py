@@ -87,6 +87,8 @@ def build_reward(name: str, args: Optional[Dict[str, Any]] = None) -> Reward:
     args = {k: resolve_path(v) for k, v in dict(args or {}).items()}  # shipped assets resolve from any directory
     check_kwargs(cls, args, f"reward '{name}'")
     obj = cls(**args)
+    if "registry_name" not in vars(cls):  # a dotted-path class: named after itself, not its base ("reward")
+        obj.name = cls.__name__
     if not callable(obj):
         from ..errors import ConfigError
 

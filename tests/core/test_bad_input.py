@@ -124,3 +124,24 @@ def test_sample_defaults_to_the_pipelines_size_and_rejects_oversize(capsys, tmp_
     limit = gen.pipe.transformer.config.pos_embed_max_size * gen.pipe.transformer.config.patch_size * gen.pipe.vae_scale_factor
     _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--height", str(2 * limit), "--width",
                     str(2 * limit), "--out", str(tmp_path / "t")], f"at most {limit}x{limit} pixels")
+
+
+def test_sample_reward_with_arguments(capsys, tmp_path, tiny_sd3):
+    import json
+
+    from genalign.cli import main
+
+    spec = "{name: centroid_similarity, encoder: 'tests.algorithms.trainer_utils:mean_rgb', reference: [a, b]}"
+    # a text reference needs a cross-modal encoder: the error comes from the reward, naming it
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--steps", "2", "--reward", spec,
+                    "--out", str(tmp_path / "s")], "text")
+    spec = "{name: vendi, encoder: 'tests.algorithms.trainer_utils:mean_rgb', per_prompt: true}"
+    assert main(["sample", "--model", tiny_sd3, "--prompt", "a", "--seeds", "0", "1", "2", "--steps", "2",
+                 "--reward", spec, "--reward", "tests.core.rewards_for_tests:MeanBrightness",
+                 "--out", str(tmp_path / "t")]) == 0
+    recs = [json.loads(line) for line in open(tmp_path / "t" / "samples.jsonl")]
+    assert len(recs) == 3 and set(recs[0]["rewards"]) == {"vendi", "MeanBrightness"}
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--reward", "{encoder: x}",
+                    "--out", str(tmp_path / "u")], "needs a 'name' key")
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--reward", "{name: [}",
+                    "--out", str(tmp_path / "u")], "not a valid YAML mapping")
