@@ -8,9 +8,10 @@ A distributional reward is an encoder E plus a reference (exemplar) set. Familie
   ``fd_contribution``: each sample's leave-one-out effect on the Fréchet distance of the batch to the
   exemplar set, ``FD(batch − x_i, ref) − FD(batch, ref)`` (scope ``set``: it depends on the batch).
 * set-to-set — ``fd`` (reward ``−FD``), ``mmd`` (``−MMD²``, unbiased, KID kernel), ``vendi`` (Vendi score,
-  no reference needed; ``per_prompt: true`` scores the diversity among each prompt's samples instead). Scope ``set``: per-sample scores are each sample's leave-one-out contribution to the
-  set reward, ``R(batch) − R(batch − x_i)`` — positive when the sample helps — so they rank samples for
-  DRAGON's D⁺/D⁻ split. The set value itself is :meth:`SetReward.set_value`. Contributions need ≥ 3 samples.
+  no reference needed; ``per_prompt: true`` scores the diversity among each prompt's samples instead).
+  Scope ``set``: per-sample scores are each sample's leave-one-out contribution to the set reward,
+  ``R(batch) − R(batch − x_i)`` — positive when the sample helps — so they rank samples for DRAGON's D⁺/D⁻
+  split. The set value itself is :meth:`SetReward.set_value`. Contributions need ≥ 3 samples.
 
 Exemplars (:class:`ExemplarSet`) come from an image folder, an audio (.wav) folder, a tensor of samples, a
 (N, D) tensor of embeddings, a ``.safetensors`` file of embeddings (key ``embeddings``), or — for cross-modal
@@ -362,9 +363,9 @@ class VendiReward(SetReward):
 
     ``per_prompt: true``: R = the mean over the P prompts of the Vendi score of that prompt's samples. A
     sample's score is still R(batch) − R(batch − i), which is its own group's Vendi change divided by P (0 for
-    a prompt with a single sample). Whole-batch Vendi is dominated by the differences *between* prompts, so maximising it can reward
-    samples that drift off their prompt; the per-prompt form asks for variety among the seeds of one prompt
-    (mode collapse is per prompt). Needs ``data.group_size >= 2``. genalign's option, not from the paper.
+    a prompt with a single sample). Whole-batch Vendi is dominated by the differences *between* prompts, so
+    maximising it can reward samples that drift off their prompt; the per-prompt form asks for variety among
+    the seeds of one prompt (mode collapse is per prompt). Needs ``data.group_size >= 2``. genalign's option, not from the paper.
     """
 
     needs_reference = False
