@@ -7,6 +7,7 @@
     genalign eval CONFIG.yaml [--checkpoint CKPT] [--out metrics.json]
     genalign eval --benchmark screenspot-v2 --data DIR --model PATH   # GUI grounding evaluator
     genalign serve-reward NAME [--port P] [--arg key=value ...]
+    genalign embed-exemplars --encoder dinov2 --reference DIR --out exemplars.safetensors [--arg key=value ...]
 
 User errors (bad config, unknown names, missing or corrupt files) print one line ``genalign: error: ...`` and
 exit with status 2, without a traceback.
@@ -157,6 +158,45 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_embed_exemplars(args) -> int:
+    """Embed an exemplar set once and save it as a portable ``.safetensors`` file (key ``embeddings``), usable as
+    any distributional reward's ``reference`` (e.g. shipped with a recipe, or read by every node of a run)."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from .errors import ConfigError
+    from .io import atomic_write_bytes
+    from .rewards.distributional import ExemplarSet
+    from .rewards.remote import _parse_value
+
+    if not args.out.endswith(".safetensors"):
+        raise ConfigError(f"--out '{args.out}' must end in .safetensors")
+    enc_args = {}
+    for kv in args.arg or []:
+        if "=" not in kv:
+            raise ConfigError(f"--arg '{kv}' must look like key=value")
+        k, v = kv.split("=", 1)
+        enc_args[k.strip()] = _parse_value(v)
+    ex = ExemplarSet(args.encoder, args.reference, args.kind, enc_args, batch_size=args.batch_size,
+                     image_size=args.image_size, use_cache=False)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ex.to(device)
+    emb = ex.embeddings.contiguous()
+    ref = os.path.abspath(args.reference) if os.path.exists(args.reference) else args.reference
+    meta = {"encoder": str(getattr(ex.encoder, "id", args.encoder)), "reference": ref,
+            "kind": ex._resolve_kind(), "count": str(emb.shape[0])}
+    with tempfile.TemporaryDirectory() as tmp:  # safetensors writes a path; publish it atomically
+        tmp_path = os.path.join(tmp, "e.safetensors")
+        save_file({"embeddings": emb}, tmp_path, metadata=meta)
+        with open(tmp_path, "rb") as f:
+            atomic_write_bytes(args.out, f.read())
+    print(f"genalign: wrote {emb.shape[0]} x {emb.shape[1]} {meta['kind']} embeddings ({meta['encoder']}) "
+          f"to {os.path.abspath(args.out)}")
+    return 0
+
+
 def cmd_serve_reward(rest: List[str]) -> int:
     from .rewards.remote import serve_main
 
@@ -200,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="metrics.json path")
     v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
     sub.add_parser("serve-reward", help="serve a reward model over HTTP on loopback", add_help=False)
+    x = sub.add_parser("embed-exemplars", help="embed an exemplar set once into a .safetensors file (DRAGON)")
+    x.add_argument("--encoder", required=True, help="clip | dinov2 | clap | digits | a dotted path")
+    x.add_argument("--reference", required=True, help="an image/audio folder or a prompts file (text exemplars)")
+    x.add_argument("--out", required=True, help="FILE.safetensors (key 'embeddings')")
+    x.add_argument("--kind", default="auto", help="auto | images | audio | text")
+    x.add_argument("--arg", action="append", metavar="KEY=VALUE", help="encoder argument, e.g. model=ID (repeatable)")
+    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--image-size", type=int, default=None)
+    x.add_argument("--device", default=None)
     return p
 
 
@@ -237,6 +286,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_sample(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "embed-exemplars":
+            return cmd_embed_exemplars(args)
         if args.command == "eval":
             from .evaluate import evaluate_main
 

@@ -210,3 +210,31 @@ def test_shipped_real_model_dragon_recipes_build_their_rewards(tiny_clip_dir, ti
     r = build_reward(spec.name, {**args, "reference": str(folder)})
     assert r.exemplars.embeddings.shape == (2 * len(COLORS), 32)
     assert torch.isfinite(r.set_value(x)) and r(x, [""] * 3).shape == (3,)
+
+
+def test_embed_exemplars_cli_writes_a_reference_file(tiny_clip_dir, tmp_path, capsys):
+    """`genalign embed-exemplars` embeds once; the file scores exactly like the source it came from."""
+    from safetensors import safe_open
+
+    from genalign.cli import main
+
+    prompts = tmp_path / "style.txt"
+    prompts.write_text("# exemplars\na photo of a red square\na photo of a blue square\n")
+    out = tmp_path / "style.safetensors"
+    assert main(["embed-exemplars", "--encoder", "clip", "--arg", f"model={tiny_clip_dir}", "--reference",
+                 str(prompts), "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("embeddings").shape[0] == 2 and f.metadata()["kind"] == "text"
+    x = color_images(list(COLORS), size=32)
+    by_text = build_reward("centroid_similarity", {"encoder": "clip", "encoder_args": {"model": tiny_clip_dir},
+                                                   "reference": str(prompts), "cache_dir": str(tmp_path / "c")})
+    by_file = build_reward("centroid_similarity", {"encoder": "clip", "encoder_args": {"model": tiny_clip_dir},
+                                                   "reference": str(out)})
+    assert torch.allclose(by_text(x, [""] * 3), by_file(x, [""] * 3), atol=1e-6)
+    assert main(["embed-exemplars", "--encoder", "clip", "--reference", str(prompts), "--out",
+                 str(tmp_path / "x.pt")]) == 2
+    assert main(["embed-exemplars", "--encoder", "clip", "--arg", f"model={tiny_clip_dir}", "--reference",
+                 str(tmp_path / "missing"), "--out", str(tmp_path / "y.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "must end in .safetensors" in err[-2] and "not found" in err[-1]
+    assert not (tmp_path / "y.safetensors").exists()
