@@ -161,39 +161,20 @@ def cmd_export(args) -> int:
 def cmd_embed_exemplars(args) -> int:
     """Embed an exemplar set once and save it as a portable ``.safetensors`` file (key ``embeddings``), usable as
     any distributional reward's ``reference`` (e.g. shipped with a recipe, or read by every node of a run)."""
-    import tempfile
-
     import torch
-    from safetensors.torch import save_file
 
     from .errors import ConfigError
-    from .io import atomic_write_bytes
     from .rewards.distributional import ExemplarSet
-    from .rewards.remote import _parse_value
+    from .rewards.remote import parse_key_values
 
     if not args.out.endswith(".safetensors"):
         raise ConfigError(f"--out '{args.out}' must end in .safetensors")
-    enc_args = {}
-    for kv in args.arg or []:
-        if "=" not in kv:
-            raise ConfigError(f"--arg '{kv}' must look like key=value")
-        k, v = kv.split("=", 1)
-        enc_args[k.strip()] = _parse_value(v)
-    ex = ExemplarSet(args.encoder, args.reference, args.kind, enc_args, batch_size=args.batch_size,
+    ex = ExemplarSet(args.encoder, args.reference, args.kind, parse_key_values(args.arg), batch_size=args.batch_size,
                      image_size=args.image_size, use_cache=False)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ex.to(device)
-    emb = ex.embeddings.contiguous()
-    ref = os.path.abspath(args.reference) if os.path.exists(args.reference) else args.reference
-    meta = {"encoder": str(getattr(ex.encoder, "id", args.encoder)), "reference": ref,
-            "kind": ex._resolve_kind(), "count": str(emb.shape[0])}
-    with tempfile.TemporaryDirectory() as tmp:  # safetensors writes a path; publish it atomically
-        tmp_path = os.path.join(tmp, "e.safetensors")
-        save_file({"embeddings": emb}, tmp_path, metadata=meta)
-        with open(tmp_path, "rb") as f:
-            atomic_write_bytes(args.out, f.read())
-    print(f"genalign: wrote {emb.shape[0]} x {emb.shape[1]} {meta['kind']} embeddings ({meta['encoder']}) "
-          f"to {os.path.abspath(args.out)}")
+    ex.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    meta = ex.save(args.out)
+    print(f"genalign: wrote {meta['count']} x {ex.embeddings.shape[1]} {meta['kind']} embeddings "
+          f"({meta['encoder'] or args.encoder}) to {os.path.abspath(args.out)}")
     return 0
 
 

@@ -42,6 +42,14 @@ def default_cache_dir() -> str:
     return os.environ.get("GENALIGN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "genalign", "exemplars"))
 
 
+def _write_embeddings(path: str, emb: torch.Tensor, metadata: Dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    from ..io import atomic_write_bytes
+
+    atomic_write_bytes(path, save({"embeddings": emb.contiguous()}, metadata=metadata))
+
+
 class ExemplarSet:
     """An encoder plus reference examples, with lazily computed (and cached) embeddings (M, D)."""
 
@@ -117,9 +125,7 @@ class ExemplarSet:
     def _cached(self, files: Sequence[str], extra: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if not self.use_cache:
             return compute()
-        from safetensors.torch import load_file, save
-
-        from ..io import atomic_write_bytes
+        from safetensors.torch import load_file
 
         self.cache_path = os.path.join(self.cache_dir, self._cache_key(files, extra) + ".safetensors")
         if os.path.exists(self.cache_path):
@@ -128,10 +134,19 @@ class ExemplarSet:
             except Exception:  # a corrupt cache entry is recomputed and rewritten
                 pass
         emb = compute()
-        atomic_write_bytes(self.cache_path, save({"embeddings": emb.contiguous()},
-                                                 metadata={"encoder": str(getattr(self.encoder, "id", "")),
-                                                           "n": str(len(files))}))
+        _write_embeddings(self.cache_path, emb, {"encoder": str(getattr(self.encoder, "id", "")), "n": str(len(files))})
         return emb
+
+    def save(self, path: str) -> Dict[str, str]:
+        """Write the embeddings as a portable reference file (``.safetensors``, key ``embeddings``, written
+        atomically) that any distributional reward takes as ``reference``. Returns the metadata stored with it."""
+        emb = self.embeddings
+        src = self.source
+        ref = os.path.abspath(src) if isinstance(src, str) and os.path.exists(src) else str(src)
+        meta = {"encoder": str(getattr(self.encoder, "id", "")), "reference": ref, "kind": self._resolve_kind(),
+                "count": str(emb.shape[0])}
+        _write_embeddings(path, emb, meta)
+        return meta
 
     def _load_images(self, files: List[str]) -> torch.Tensor:
         imgs = []

@@ -210,6 +210,17 @@ def serve(reward_name: str, args: Optional[Dict[str, Any]] = None, host: str = "
         server._genalign_pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[attr-defined]
 
 
+def parse_key_values(items, flag: str = "--arg") -> Dict[str, Any]:
+    """``["k=v", ...]`` command-line arguments → a dict, each value parsed as YAML (falling back to the string)."""
+    out: Dict[str, Any] = {}
+    for kv in items or []:
+        if "=" not in kv:
+            raise ConfigError(f"{flag} '{kv}' must look like key=value")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
 def _parse_value(text: str) -> Any:
     import yaml
 
@@ -231,12 +242,7 @@ def serve_main(argv: List[str]) -> int:
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds allowed to score one request")
     p.add_argument("--device", default=None, help="torch device for the reward model (e.g. cuda)")
     ns = p.parse_args(argv)
-    args: Dict[str, Any] = {}
-    for kv in ns.arg:
-        if "=" not in kv:
-            raise ConfigError(f"--arg '{kv}' must look like key=value")
-        k, v = kv.split("=", 1)
-        args[k.strip()] = _parse_value(v)
+    args = parse_key_values(ns.arg)
     if not (0 <= ns.port <= 65535):
         raise ConfigError(f"--port {ns.port} out of range 0..65535")
     serve(ns.name, args, ns.host, ns.port, ns.max_request_bytes, ns.request_timeout, ns.device)
