@@ -15,10 +15,8 @@ do not depend on how the global batch is split across processes.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import math
 import os
 import shutil
 import time

@@ -9,7 +9,7 @@ counted (``zero_std_ratio``); ``drop_zero_std`` marks them for removal from the 
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 

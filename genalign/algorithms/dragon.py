@@ -274,7 +274,6 @@ from genalign.algorithms.advantages import aggregate_rewards  # noqa: E402
 from genalign.algorithms.base import Algorithm  # noqa: E402
 from genalign.algorithms.conversions import flow_target, vp_alpha_sigma, vp_target  # noqa: E402
 from genalign.algorithms.nft import TIMESTEP_SAMPLING, training_point  # noqa: E402
-from genalign.errors import GenalignError  # noqa: E402
 from genalign.registry import ALGORITHMS  # noqa: E402
 
 LOSSES = ("kto", "dpo")

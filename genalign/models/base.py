@@ -130,7 +130,6 @@ def _null_components(pipe_cls, cfg: ModelConfig) -> Dict[str, Any]:
     return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and list(v) == [None, None]}
 
 
-
 def native_size(pipe, denoiser_name: str) -> Tuple[int, int]:
     """The size (height, width) in pixels that the stock pipeline's ``__call__`` generates by default:
     ``default_sample_size`` (or the denoiser's ``sample_size``) × the VAE scale factor."""
@@ -142,6 +141,7 @@ def native_size(pipe, denoiser_name: str) -> Tuple[int, int]:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     f = int(pipe.vae_scale_factor)
     return int(h) * f, int(w) * f
+
 
 class Generator:
     """Base class of the model-family adapters. See the module docstring for the hooks a family implements."""

@@ -4,7 +4,6 @@ no traceback, and nothing written over."""
 import os
 
 import pytest
-import yaml
 
 from genalign.cli import main
 

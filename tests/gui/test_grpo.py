@@ -1,6 +1,5 @@
 """trl.GRPOTrainer on the shipped tiny VLM: every trainable parameter changes, both rewards are logged."""
 
-import copy
 import json
 import os
 
