@@ -432,6 +432,42 @@ def _check_balancing_options(alg) -> None:
                           f"{choices(LOSS_WEIGHTS)}")
 
 
+def _balance_step(alg, grads, stats_acc: Dict[str, list], all_reduce: AllReduce = None,
+                  fixed: Optional[torch.Tensor] = None) -> list:
+    """The refresh shared by Marble and MarbleGRPO: K per-reward gradients → normalised Gram → α* (QP) → smoothed
+    ᾱ → loss weights w (stored in ``alg._w``) → the direction Σ_k w_k g_k (returned, per parameter), with its
+    per-reward cosines. ``fixed`` weights replace the QP's (the equal-weight baseline). Logs the ``marble/*``
+    statistics, including the cosine floor of the un-smoothed QP direction."""
+    gram, norms = gram_matrix(grads, normalize=True, all_reduce=all_reduce)
+    alpha_star = min_norm_coefficients(gram, alg.min_norm, iters=alg.fw_iters)
+    if fixed is None:
+        abar = alg._smoother.update(alpha_star)
+        w = normalized_to_loss_weights(abar, norms) if alg.loss_weights == "normalized" else abar
+    else:
+        abar, w = fixed.clone(), fixed.clone()
+    alg._w = w.double().cpu()
+    direction = combine(grads, alg._w)
+    cos = cosines_to_direction(grads, direction, all_reduce=all_reduce)
+    names = alg._names
+    for k, name in enumerate(names):
+        stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
+        stats_acc.setdefault(f"marble/alpha_star_{name}", []).append(float(alpha_star[k]))
+        stats_acc.setdefault(f"marble/weight_{name}", []).append(float(alg._w[k]))
+        stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
+        stats_acc.setdefault(f"marble/grad_norm_{name}", []).append(float(norms[k]))
+        for l in range(k + 1, len(names)):
+            stats_acc.setdefault(f"marble/gram_{k}{l}", []).append(float(gram[k, l]))
+    stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
+    # the un-smoothed QP direction d* = Σ α*_k ĝ_k: cos(g_k, d*) = (Mα*)_k / √(α*ᵀMα*) ≥ √(α*ᵀMα*) ≥ 0
+    a_s = alpha_star.double().cpu()
+    m = gram.double().cpu()
+    q = float(a_s @ m @ a_s)
+    if q > 0:
+        stats_acc.setdefault("marble/min_cos_qp", []).append(float((m @ a_s).min() / q**0.5))
+    stats_acc.setdefault("marble/refresh", []).append(1.0)
+    return direction
+
+
 @ALGORITHMS.register("marble")
 @dataclass
 class Marble(NFT):
@@ -575,16 +611,7 @@ class Marble(NFT):
         hook = self._hook(ctx)
         if float(ctx.accelerator.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
             return nonfinite  # apply_optimizer_step skips and counts it
-        gram, norms = gram_matrix(grads, normalize=True, all_reduce=hook)
-        alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
-        if self.balance == "min_norm":
-            abar = self._smoother.update(alpha_star)
-            w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
-        else:
-            abar, w = self._fixed.clone(), self._fixed.clone()
-        self._w = w.double().cpu()
-        direction = combine(grads, self._w)
-        cos = cosines_to_direction(grads, direction, all_reduce=hook)
+        direction = _balance_step(self, grads, stats_acc, hook, None if self.balance == "min_norm" else self._fixed)
         if exact:
             for p, g in zip(self._params, direction):
                 p.grad = None if g is None else g.to(p.dtype)
@@ -593,22 +620,6 @@ class Marble(NFT):
             for p in self._params:
                 p.grad = None
             nonfinite = self._mixed_pass(ctx, ro, mbs, mix_optimality(r_all, self._w), stats_acc, losses)
-        for k, name in enumerate(self._names):
-            stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
-            stats_acc.setdefault(f"marble/alpha_star_{name}", []).append(float(alpha_star[k]))
-            stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
-            stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
-            stats_acc.setdefault(f"marble/grad_norm_{name}", []).append(float(norms[k]))
-            for l in range(k + 1, len(self._names)):
-                stats_acc.setdefault(f"marble/gram_{k}{l}", []).append(float(gram[k, l]))
-        stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
-        # the un-smoothed QP direction d* = Σ α*_k ĝ_k: cos(g_k, d*) = (Mα*)_k / √(α*ᵀMα*) ≥ √(α*ᵀMα*) ≥ 0
-        a_s = alpha_star.double().cpu()
-        m = gram.double().cpu()
-        q = float(a_s @ m @ a_s)
-        if q > 0:
-            stats_acc.setdefault("marble/min_cos_qp", []).append(float((m @ a_s).min() / q**0.5))
-        stats_acc.setdefault("marble/refresh", []).append(1.0)
         return nonfinite
 
     def update(self, ctx, ro, adv_local):
@@ -705,20 +716,8 @@ class MarbleGRPO(GRPO):
                     nonfinite = nonfinite + ctx.backward_pass(ro, mbs, adv_local[:, k], stats_acc,
                                                           losses if k == 0 else [])
                     grads.append([None if p.grad is None else p.grad.detach().clone() for p in self._params])
-                gram, norms = gram_matrix(grads, normalize=True)
-                alpha_star = min_norm_coefficients(gram, self.min_norm, iters=self.fw_iters)
-                abar = self._smoother.update(alpha_star)
-                w = normalized_to_loss_weights(abar, norms) if self.loss_weights == "normalized" else abar
-                self._w = w.double().cpu()
-                direction = combine(grads, self._w)
-                cos = cosines_to_direction(grads, direction)
-                for p, d in zip(self._params, direction):
+                for p, d in zip(self._params, _balance_step(self, grads, stats_acc)):
                     p.grad = None if d is None else d.to(p.dtype)
-                for k, name in enumerate(self._names):
-                    stats_acc.setdefault(f"marble/alpha_{name}", []).append(float(abar[k]))
-                    stats_acc.setdefault(f"marble/weight_{name}", []).append(float(self._w[k]))
-                    stats_acc.setdefault(f"marble/cos_{name}", []).append(float(cos[k]))
-                stats_acc.setdefault("marble/min_cos", []).append(float(cos.min()))
             else:
                 a_mix = (adv_local.double() * self._w.unsqueeze(0)).sum(1).float()
                 nonfinite = ctx.backward_pass(ro, mbs, a_mix, stats_acc, losses)
