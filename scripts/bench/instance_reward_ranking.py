@@ -19,6 +19,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from toy_learning import held_out_samples  # noqa: E402
 
 EXEMPLARS = os.path.join(REPO, "assets", "toy", "exemplars", "thick_digits.safetensors")
 CANDIDATES = [
@@ -45,11 +48,7 @@ def main(n_seeds: int = 32) -> None:
     cfg = load_config(os.path.join(REPO, "configs", "toy", "dragon_instance.yaml"))
     gen = MODELS.get(cfg.model.family).load(cfg.model, device="cpu")
     prompts = list(cfg.data.prompts)
-    P = [p for p in prompts for _ in range(n_seeds)]
-    S = [1000 + i for _ in prompts for i in range(n_seeds)]
-    with torch.no_grad():
-        x = torch.cat([gen.rollout(P[a : a + 40], S[a : a + 40], cfg.sampler, num_steps=cfg.sampler.eval_num_steps,
-                                   stochastic=False).samples for a in range(0, len(P), 40)])
+    x, P = held_out_samples(gen, cfg.sampler, prompts, n_seeds)  # the same samples toy_learning.py scores
     ik = ink(x).double()
     corr = build_reward("digit_correctness")(x, P).double()
     print(f"base samples: {len(prompts)} prompts x {n_seeds} seeds")
