@@ -60,9 +60,9 @@ class GRPO(Algorithm):
     def store_means(self) -> bool:  # GRPO-Guard needs μ_old
         return self.guard
 
-    def setup(self, ctx) -> None:
+    def setup(self, view) -> None:
         if self.beta > 0:
-            ctx.generator.make_reference()
+            view.generator.make_reference()
 
     # -------------------------------------------------------------------------------- advantages
     def advantages(self, per_reward, weights, group_ids, prompts, mode):
@@ -79,20 +79,27 @@ class GRPO(Algorithm):
         return adv, {"zero_std_ratio": st["zero_std_ratio"]}, keep
 
     # -------------------------------------------------------------------------------- loss
-    def units(self, mb) -> int:
-        return int(mb.train_steps.shape[1])
+    def units(self, batch, items) -> int:
+        return int(batch.rollout.train_steps.shape[1])
 
-    def losses(self, ctx, mb, adv):
-        gen, scfg = ctx.generator, ctx.cfg.sampler
+    def mix(self, adv: torch.Tensor) -> torch.Tensor:
+        """The advantage a plain step trains on (MARBLE-GRPO mixes per-reward columns)."""
+        return adv
+
+    def losses(self, view, batch, items):
+        """One unit per trained step. With ``view.probe`` (multi-objective steps) each unit yields the list of the
+        per-column losses of (N, K) advantages from one forward."""
+        mb, adv = self.minibatch(batch, items)
+        gen, scfg = view.generator, view.cfg.sampler
+        probe = getattr(view, "probe", False)
+        cols = [adv[:, k] for k in range(adv.shape[1])] if probe else [self.mix(adv)]
         lo = self.clip_range_low if self.clip_range_low is not None else self.clip_range
         hi = self.clip_range_high if self.clip_range_high is not None else self.clip_range
-        n = len(mb)
-        ar = torch.arange(n)
+        ar = torch.arange(len(mb))
         for k in range(mb.train_steps.shape[1]):
             j = mb.train_steps[:, k]
-            lp, mu, std = gen.step_log_prob(ctx.model, mb, j, scfg, detach_uncond=scfg.detach_uncond)
+            lp, mu, std = view.step_log_prob(mb, j, detach_uncond=scfg.detach_uncond)
             old_lp = mb.log_probs[ar, j].to(lp.device)
-            a = adv.to(lp.device)
             log_ratio = lp - old_lp
             if self.guard:
                 mu_old = mb.means[ar, j].to(mu.device)
@@ -101,27 +108,29 @@ class GRPO(Algorithm):
                 ratio = torch.exp(s * (log_ratio + d2 / (2 * s**2)))
             else:
                 ratio = torch.exp(log_ratio)
-            per_sample = ppo_clip_loss(ratio, a, lo, hi)
             dt = step_dt(mb.schedule, j, gen.kind).to(lp.device)
-            if self.guard and gen.kind == "flow":
-                per_sample = per_sample / dt
-            loss = per_sample.mean()
+            out = []
+            for a in cols:
+                per_sample = ppo_clip_loss(ratio, a.to(lp.device), lo, hi)
+                if self.guard and gen.kind == "flow":
+                    per_sample = per_sample / dt
+                out.append(per_sample.mean())
             stats = {
                 "clipfrac": float(((ratio - 1).abs() > self.clip_range).float().mean()),
                 "approx_kl": float(0.5 * (log_ratio.detach() ** 2).mean()),
                 "ratio": float(ratio.detach().mean()),
-                "policy_loss": float(loss.detach()),
+                "policy_loss": float(out[0].detach()),
             }
             if self.beta > 0:
-                with torch.no_grad(), ctx.accelerator.autocast(), gen.reference() as ref:
-                    _, mu_ref, _ = gen.step_log_prob(ref, mb, j, scfg)
+                with view.reference() as ref:
+                    _, mu_ref, _ = view.step_log_prob(mb, j, model=ref)
                 form = self.kl_form if gen.kind == "flow" else "exact"
                 kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, form).mean()
-                loss = loss + self.beta * kl
+                out = [o + self.beta * kl for o in out]
                 stats["kl"] = float(kl.detach())
             else:
                 stats["kl"] = 0.0
-            yield loss, stats
+            yield (out if probe else out[0]), stats
 
     def state_dict(self):
         return {}

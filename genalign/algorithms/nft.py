@@ -232,11 +232,10 @@ def ema_update_(old_params: Iterable[torch.Tensor], params: Iterable[torch.Tenso
 
 
 # ================================================================================================ trainer glue
-# Everything below wires the pure functions above into genalign's trainer (genalign/trainer.py). The ctx passed
-# to the methods is the Trainer: ctx.generator, ctx.model (accelerate-prepared denoiser), ctx.accelerator, ...
+# Everything below wires the pure functions above into genalign's trainer through the narrow view
+# (genalign/core/view.py): view.generator, view.predict, view.reference(), view.parameters(), view.step_count().
 
 import contextlib  # noqa: E402
-import hashlib  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, List  # noqa: E402
 
@@ -249,10 +248,7 @@ TIMESTEP_SAMPLING = ("schedule", "uniform")
 ADV_STDS = ("global", "group", "batch")
 
 
-def point_seed(*parts: int) -> int:
-    """A 56-bit seed from integers (the trainer's derive_seed scheme, repeated here to keep imports one-way)."""
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:7], "little")
+from genalign.core.seeding import derive_seed as point_seed  # noqa: E402
 
 
 @dataclass
@@ -385,15 +381,17 @@ class NFT(Algorithm):
         self._epoch = 0
 
     # -------------------------------------------------------------------------------- old policy
-    def setup(self, ctx) -> None:
+    def setup(self, view) -> None:
         if self.ref_weight > 0:
-            ctx.generator.make_reference()
-        self._params = ctx.generator.trainable_parameters()
+            view.generator.make_reference()
+
+    def after_parts(self, view) -> None:
+        self._params = view.parameters("policy")
         self._old = [p.detach().clone().float() for p in self._params]
         self._synced_at = 0
 
-    def _old_is_current(self, ctx) -> bool:
-        return self._synced_at == ctx.optimizer_step and self._backup is None
+    def _old_is_current(self, view) -> bool:
+        return self._synced_at == view.step_count("policy") and self._backup is None
 
     @torch.no_grad()
     def _load_into_params(self, tensors) -> None:
@@ -401,9 +399,9 @@ class NFT(Algorithm):
             p.copy_(t.to(device=p.device, dtype=p.dtype))
 
     @contextlib.contextmanager
-    def old_policy(self, ctx):
+    def old_policy(self, view):
         """Within the block the trainable parameters hold θ_old (no copy when θ_old == θ)."""
-        if self._old_is_current(ctx) or self._backup is not None:
+        if self._old_is_current(view) or self._backup is not None:
             yield
             return
         self._backup = [p.detach().clone() for p in self._params]
@@ -411,32 +409,18 @@ class NFT(Algorithm):
         try:
             yield
         finally:
-            self._restore(ctx)
+            self._restore()
 
-    def _restore(self, ctx=None) -> None:
+    def _restore(self) -> None:
         if self._backup is not None:
             self._load_into_params(self._backup)
             self._backup = None
 
-    def rollout_context(self, ctx):
-        """Proposed trainer hook: ``with algorithm.rollout_context(trainer): <rollout loop>`` (samples with θ_old)."""
-        self._in_context = True
-        return self._rollout_ctx(ctx)
+    def sampling_policy(self, view):
+        """Rollouts sample with θ_old (DiffusionNFT's soft old policy)."""
+        return self.old_policy(view)
 
-    @contextlib.contextmanager
-    def _rollout_ctx(self, ctx):
-        try:
-            with self.old_policy(ctx):
-                yield
-        finally:
-            self._in_context = False
-
-    def rollout_kwargs(self, ctx, iteration: int) -> Dict[str, Any]:
-        # Until the trainer calls rollout_context() around its rollout loop, swap θ_old in here; it is swapped
-        # back out by the first of advantages()/update()/after_iteration()/state_dict() (see the report).
-        if not getattr(self, "_in_context", False) and not self._old_is_current(ctx) and self._backup is None:
-            self._backup = [p.detach().clone() for p in self._params]
-            self._load_into_params(self._old)
+    def rollout_kwargs(self, view, iteration: int) -> Dict[str, Any]:
         kw: Dict[str, Any] = {}
         if self.rollout_guidance_scale is not None:
             kw["guidance_scale"] = float(self.rollout_guidance_scale)
@@ -444,12 +428,13 @@ class NFT(Algorithm):
             kw["num_steps"] = int(self.rollout_steps)
         return kw
 
-    def after_iteration(self, ctx) -> Dict[str, float]:
-        self._restore(ctx)
-        d = old_policy_decay(ctx.optimizer_step, self.decay_type)
+    def after_iteration(self, view) -> Dict[str, float]:
+        self._restore()
+        step = view.step_count("policy")
+        d = old_policy_decay(step, self.decay_type)
         ema_update_(self._old, self._params, d)
         if d == 0.0:
-            self._synced_at = ctx.optimizer_step
+            self._synced_at = step
         self._epoch += 1
         return {"nft/old_decay": d}
 
@@ -483,56 +468,67 @@ class NFT(Algorithm):
         return adv, {"zero_std_ratio": st["zero_std_ratio"]}, torch.ones(adv.shape[0], dtype=torch.bool)
 
     # -------------------------------------------------------------------------------- loss
-    def units(self, mb) -> int:
+    def units(self, batch, items) -> int:
         if self.num_train_timesteps is not None:
             return int(self.num_train_timesteps)
-        return max(1, int(mb.schedule.num_steps * self.timestep_fraction))
+        return max(1, int(batch.rollout.schedule.num_steps * self.timestep_fraction))
 
-    def predictions(self, ctx, mb, unit: int, cache: Optional[dict] = None):
+    def predictions(self, view, mb, unit: int, cache: Optional[dict] = None):
         """(point, pred_θ with grad, pred_old, pred_ref or None) for one backward unit of micro-batch ``mb``.
 
         Old and reference forwards run first (no_grad), before the graph of pred_θ exists. ``cache`` (a dict)
-        keeps (pred_old, pred_ref) keyed by the micro-batch seeds and unit, for repeated passes (MARBLE)."""
+        keeps (pred_old, pred_ref) keyed by the micro-batch seeds and unit, for repeated passes."""
         self._restore()
-        gen, acc = ctx.generator, ctx.accelerator
+        gen = view.generator
         x0 = mb.states[:, -1].to(gen.device)
         pt = training_point(gen, mb.schedule, x0, mb.seeds, unit, self._epoch, self.timestep_sampling,
                             self.t_min, self.t_max)
         key = (tuple(mb.seeds), unit)
-        same = self._old_is_current(ctx)
+        same = self._old_is_current(view)
         if cache is not None and key in cache:
             pred_old, pred_ref = cache[key]
         else:
             pred_old = pred_ref = None
             with torch.no_grad():
                 if not same:
-                    with self.old_policy(ctx):
-                        pred_old = gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0).detach()
+                    with self.old_policy(view):
+                        pred_old = view.predict(pt.x_t, pt.t_model, mb.cond, 1.0).detach()
                 if self.ref_weight > 0:
-                    with acc.autocast(), gen.reference() as ref:
+                    with view.reference() as ref:
                         pred_ref = gen.predict(ref, pt.x_t, pt.t_model, mb.cond, 1.0).detach()
-        pred = gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0)
+        pred = view.predict(pt.x_t, pt.t_model, mb.cond, 1.0)
         if pred_old is None:
             pred_old = pred.detach()
         if cache is not None:
             cache[key] = (pred_old, pred_ref)
         return pt, pred, pred_old, pred_ref
 
-    def loss_from(self, ctx, pt: TrainingPoint, pred, pred_old, pred_ref, r: torch.Tensor):
+    def loss_from(self, view, pt: TrainingPoint, pred, pred_old, pred_ref, r: torch.Tensor):
         r = r.to(pred.device)
-        if ctx.generator.kind == "flow":
+        if view.generator.kind == "flow":
             return nft_loss(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta, self.adv_clip_max,
                             v_ref=pred_ref, ref_weight=self.ref_weight, min_weight=self.min_weight)
         return nft_loss_vp(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta,
-                           prediction_type=ctx.generator.prediction_type, adv_clip_max=self.adv_clip_max,
+                           prediction_type=view.generator.prediction_type, adv_clip_max=self.adv_clip_max,
                            pred_ref=pred_ref, ref_weight=self.ref_weight, kl_space=self.kl_space,
                            min_weight=self.min_weight)
 
-    def losses(self, ctx, mb, adv):
-        r = nft_optimality(adv, self.adv_clip_max)
-        for u in range(self.units(mb)):
-            pt, pred, pred_old, pred_ref = self.predictions(ctx, mb, u)
-            loss, st = self.loss_from(ctx, pt, pred, pred_old, pred_ref, r)
-            st = _floats(st)
-            st["kl"] = st.pop("kl_loss")
-            yield loss, st
+    def optimality(self, adv: torch.Tensor, probe: bool) -> List[torch.Tensor]:
+        """The optimality probabilities r the loss trains on: one, or one per objective when probing."""
+        return [nft_optimality(adv, self.adv_clip_max)]
+
+    def losses(self, view, batch, items):
+        mb, adv = self.minibatch(batch, items)
+        probe = getattr(view, "probe", False)
+        rs = self.optimality(adv, probe)
+        for u in range(self.units(batch, items)):
+            pt, pred, pred_old, pred_ref = self.predictions(view, mb, u)
+            out = []
+            for r in rs:
+                loss, st = self.loss_from(view, pt, pred, pred_old, pred_ref, r)
+                out.append(loss)
+                if len(out) == 1:
+                    st = _floats(st)
+                    st["kl"] = st.pop("kl_loss")
+                    first = st
+            yield (out if probe else out[0]), first

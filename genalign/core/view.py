@@ -15,6 +15,8 @@ from .seeding import derive_seed
 class View:
     def __init__(self, host):
         self._host = host  # the trainer; only the members used below are reached
+        self.phase = None  # the phase being run (set by the stepper)
+        self.probe = False  # True while a multi-objective step asks for one loss per objective
 
     # ------------------------------------------------------------------------------------------ the run
     @property

@@ -52,6 +52,22 @@ def trainer_for(cfg) -> Trainer:
     return tr
 
 
+def batch_for(tr, ro, per=None, groups=None, prompts=None, adv=None, weights=(1.0,)):
+    """A training batch as the trainer builds it: the rollout shard, advantages and the gathered rewards."""
+    from genalign.core.phases import Batch
+
+    return Batch(0, rollout=ro, adv=adv, per_reward=per, group_ids=groups, prompts=prompts, weights=list(weights))
+
+
+def update_once(tr, batch):
+    """One iteration's update: the algorithm's phases through the trainer's stepper, then after_iteration."""
+    out = {}
+    for ph in tr.algorithm.phases(batch.iteration):
+        out.update(tr.stepper.run(ph, tr.algorithm, tr.view, batch))
+    out.update(tr.algorithm.after_iteration(tr.view))
+    return out
+
+
 def snapshot(tr):
     return [p.detach().clone() for p in tr.generator.trainable_parameters()]
 
