@@ -103,6 +103,10 @@ class LearnableReward(Reward):
 
         return [Phase(tuple(self.parts()), needs=frozenset({"rollout"}))]
 
+    def items(self, view, batch) -> List[Any]:
+        """This process's training items (default: the indices of its samples in ``batch.rollout``)."""
+        return list(range(len(batch)))
+
     def units(self, batch, items) -> int:
         return 1
 

@@ -40,7 +40,7 @@ def make_config(tmp_path, algorithm: dict, rewards=None, family: str = "sd3", **
         "train": {"iterations": 2, "learning_rate": 1e-2, "rollout_batch_size": 6, "train_batch_size": 3,
                   "eval_every": 0, "save_every": 0, "optimizer_steps_per_iteration": 1, **train},
         "algorithm": algorithm,
-        "rewards": rewards or [{"name": "tests.algorithms.trainer_utils:Brightness"}],
+        "rewards": rewards if rewards is not None else [{"name": "tests.algorithms.trainer_utils:Brightness"}],
         "run": {"output_dir": str(tmp_path / "run"), "log_with": [], "progress": False},
     }
     return build_config(raw)
