@@ -289,18 +289,21 @@ class EDM(NoiseLaw):
     The target F = (σ_d²ε − σx0)/(σ_d√(σ²+σ_d²)) is the v of stable-audio-tools (cos·ε − sin·x0 with
     t = atan(σ)·2/π) when σ_d = 1. ``model_input`` applies c_in; an adapter calls it in its ``model_forward``.
 
-    **[R] sampling**: the kernels are the flow kernels applied in the exact flow coordinates of METHODS §14
-    (σ_f = σ/(1+σ), x_f = x/(1+σ), v_f = ε̂ − x̂0). ``prev_sample``, ``mean`` and ``std`` of a step are returned
-    in native coordinates (x = x_f/(1−σ_f)); ``log_prob`` is the flow-coordinate value, which differs from the
-    native density by a constant of the step (the Jacobian), so every ratio between policies is exact. The
-    deterministic step equals the pipeline's first-order DDIM/Euler step x' = x̂0 + σ'·ε̂.
+    Sampling: ``ddim`` (default) is METHODS §14's variance-exploding DDIM-η step (``steps.ve_eta_step``; η = 1 is
+    the pipeline's first-order step, so roll out with ``sampler.eta`` 1; η = 0 the deterministic step
+    x' = x̂0 + σ'·ε̂), with the native Gaussian log-density.
+    **[R]** ``sde`` / ``eta`` / ``cps`` / ``ode``: the flow kernels applied in the exact flow coordinates of METHODS
+    §14 (σ_f = σ/(1+σ), x_f = x/(1+σ), v_f = ε̂ − x̂0). ``prev_sample``, ``mean`` and ``std`` of a step are
+    returned in native coordinates (x = x_f/(1−σ_f)); ``log_prob`` is the flow-coordinate value, which differs
+    from the native density by a constant of the step (the Jacobian), so every ratio between policies is exact.
+    Their deterministic step (the flow Euler step) is the same x̂0 + σ'·ε̂.
     **[R] training time**: t ~ U[t_min, t_max], σ = tan(tπ/2) (stable-audio-tools' uniform t; model time t).
     """
 
     name = "edm"
     description = "EDM (v-prediction)"
-    kernels = ("sde", "eta", "cps", "ode")
-    default_kernel = "sde"
+    kernels = ("ddim", "sde", "eta", "cps", "ode")
+    default_kernel = "ddim"
 
     def __init__(self, prediction: str = "v", sigma_data: float = 1.0):
         if prediction not in ("v", "v_prediction"):
@@ -366,11 +369,15 @@ class EDM(NoiseLaw):
         return (f[j] - f[j + 1]).abs().float()
 
     def last_step_deterministic(self, kernel):
-        return kernel == "cps"
+        return kernel in ("cps", "ddim")  # σ' = 0: ρ = 0
 
     def kernel_step(self, out, x, i, sch, scfg, stochastic, prev_sample=None, noise=None):
         s, s_next = sch.sigmas[i].float(), sch.sigmas[i + 1].float()
         x = x.float()
+        self.check_kernel(scfg.kernel)
+        if scfg.kernel == "ddim":
+            return K.ve_eta_step(self.x0_from(out, x, s), x, s, s_next, scfg.eta if stochastic else 0.0,
+                                 prev_sample=prev_sample, noise=noise, reduce=scfg.logprob_reduce)
         x_f, f = self.flow_state(x, s)
         f_next, f_one = s_next / (1 + s_next), sch.sigmas[1].float() / (1 + sch.sigmas[1].float())
         v_f = self.flow_velocity(out, x, s)
