@@ -468,10 +468,11 @@ def validate(cfg: Config) -> None:
         gui_config_from(cfg)
         return
     fam = MODELS.get(cfg.model.family)  # raises with the valid choices (or imports a dotted path)
-    kernels = {"flow": ("sde", "eta", "cps", "ode"), "vp": ("ddim", "ode")}.get(getattr(fam, "kind", ""), None)
+    law = getattr(fam, "law_class", None)  # the family's noise law class: its kernels, without loading a model
+    kernels = getattr(law, "kernels", None)
     if kernels and cfg.sampler.kernel not in kernels:
         raise ConfigError(f"'sampler.kernel' is '{cfg.sampler.kernel}', which '{cfg.model.family}' models "
-                          f"({fam.kind}) do not support; valid choices: {choices(kernels)}")
+                          f"({law.description}) do not support; valid choices: {choices(kernels)}")
     alg_cls = ALGORITHMS.get(cfg.algorithm.name)
     make_algorithm(alg_cls, cfg.algorithm.args)
     if not cfg.rewards and getattr(alg_cls, "needs_rewards", True):

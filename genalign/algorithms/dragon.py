@@ -34,8 +34,8 @@ SPLIT_MODES = ("median", "quantile")
 def prediction_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over non-batch dims of (pred − target)², in float32 → shape (N,).
 
-    Targets: ε for VP ε-prediction; ``conversions.vp_target`` for other VP types; ε − x0
-    (``conversions.flow_target``) for rectified flow ([R] flow adaptation)."""
+    Targets: the model's noise law's ``target`` (``Generator.law``): ε for VP ε-prediction, the v / x0 target for
+    other VP types, ε − x0 for rectified flow ([R] flow adaptation)."""
     err = (as_float(pred) - as_float(target)) ** 2
     return err.mean(dim=tuple(range(1, err.ndim))) if err.ndim > 1 else err
 
@@ -271,7 +271,6 @@ from typing import Any, Sequence  # noqa: E402
 
 from genalign.algorithms.advantages import aggregate_rewards  # noqa: E402
 from genalign.algorithms.base import Algorithm  # noqa: E402
-from genalign.algorithms.conversions import flow_target, vp_alpha_sigma, vp_target  # noqa: E402
 from genalign.algorithms.nft import TIMESTEP_SAMPLING, training_point  # noqa: E402
 from genalign.registry import ALGORITHMS  # noqa: E402
 
@@ -468,11 +467,7 @@ class Dragon(Algorithm):
         x0 = mb.states[:, -1].to(gen.device)
         pt = training_point(gen, mb.schedule, x0, point_seeds, unit, self._epoch, self.timestep_sampling,
                             self.t_min, self.t_max)
-        if gen.kind == "flow":
-            target = flow_target(pt.x0, pt.noise)
-        else:
-            a, s = vp_alpha_sigma(pt.time)
-            target = vp_target(pt.x0, pt.noise, a, s, gen.prediction_type)
+        target = gen.law.target(pt.x0, pt.noise, pt.time)
         with view.reference() as ref:
             err_ref = prediction_error(gen.predict(ref, pt.x_t, pt.t_model, mb.cond, 1.0), target)
         err = prediction_error(view.predict(pt.x_t, pt.t_model, mb.cond, 1.0), target)

@@ -108,11 +108,11 @@ class GRPO(Algorithm):
                 ratio = torch.exp(s * (log_ratio + d2 / (2 * s**2)))
             else:
                 ratio = torch.exp(log_ratio)
-            dt = step_dt(mb.schedule, j, gen.kind).to(lp.device)
+            dt = gen.law.step_dt(mb.schedule, j).to(lp.device)  # 1 for VP: the 1/|dt| and ×|dt| below are no-ops
             out = []
             for a in cols:
                 per_sample = ppo_clip_loss(ratio, a.to(lp.device), lo, hi)
-                if self.guard and gen.kind == "flow":
+                if self.guard:
                     per_sample = per_sample / dt
                 out.append(per_sample.mean())
             stats = {
@@ -124,8 +124,7 @@ class GRPO(Algorithm):
             if self.beta > 0:
                 with view.reference() as ref:
                     _, mu_ref, _ = view.step_log_prob(mb, j, model=ref)
-                form = self.kl_form if gen.kind == "flow" else "exact"
-                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, form).mean()
+                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, self.kl_form).mean()
                 out = [o + self.beta * kl for o in out]
                 stats["kl"] = float(kl.detach())
             else:
@@ -148,14 +147,6 @@ def mean_kl(mu: torch.Tensor, mu_ref: torch.Tensor, std: torch.Tensor, dt: torch
     ``flow_grpo``: the reference code's mean_d (μ−μ_ref)²/(2 s_t²) = exact × |dt|."""
     kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * std**2)
     return kl * dt if form == "flow_grpo" else kl
-
-
-def step_dt(schedule, j: torch.Tensor, kind: str) -> torch.Tensor:
-    """|dt| of step j for flow models (σ_j − σ_{j+1}); 1 for VP models."""
-    if kind != "flow":
-        return torch.ones(j.shape[0])
-    s = schedule.sigmas
-    return (s[j] - s[j + 1]).abs().float()
 
 
 def best_of_n_mask(adv: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -404,7 +404,6 @@ def mix_optimality(r_per_reward: torch.Tensor, alpha: torch.Tensor) -> torch.Ten
 # ================================================================================================ trainer glue
 from dataclasses import dataclass, field  # noqa: E402
 
-import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 

@@ -32,7 +32,7 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-from genalign.algorithms.conversions import as_float, bcast, vp_alpha_sigma, vp_pred_to_flow_velocity
+from genalign.algorithms.conversions import as_float, bcast
 from genalign.errors import ConfigError, GenalignError, choices
 
 DECAY_TYPES = (0, 1, 2)
@@ -178,21 +178,46 @@ def nft_loss_vp(
     x_flow = x_t/(α+σ); see the module docstring. ``kl_space`` picks where λ·mean(·)² is taken:
     ``"flow"`` (flow velocities) or ``"native"`` (the raw model outputs).
     """
+    from genalign.models.laws import VP
+
+    return nft_loss_law(VP(prediction_type), pred_theta, pred_old, x0, x_t, alpha_bar, r, beta,
+                        adv_clip_max=adv_clip_max, pred_ref=pred_ref, ref_weight=ref_weight, kl_space=kl_space,
+                        min_weight=min_weight)
+
+
+def nft_loss_law(
+    law,
+    pred_theta: torch.Tensor,
+    pred_old: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t,
+    r: torch.Tensor,
+    beta: float,
+    adv_clip_max: float = 5.0,
+    pred_ref: Optional[torch.Tensor] = None,
+    ref_weight: float = 1e-4,
+    kl_space: str = "flow",
+    min_weight: float = 1e-5,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """DiffusionNFT for a model of any noise law (``genalign.models.laws``; ``t`` in the law's time): the native
+    predictions become the same-SNR flow velocity (``law.flow_velocity``) at the flow state ``law.flow_state``
+    and :func:`nft_loss` applies unchanged (see the module docstring). For a rectified-flow law both maps are the
+    identity, so this is :func:`nft_loss` itself (and both ``kl_space`` values coincide).
+    ``kl_space``: λ·mean(·)² on flow velocities (``"flow"``) or on the raw model outputs (``"native"``)."""
     if kl_space not in KL_SPACES:
         raise ConfigError(f"unknown kl_space {kl_space!r}; valid: {choices(KL_SPACES)}")
     x_t = as_float(x_t)
-    a, s = vp_alpha_sigma(torch.as_tensor(alpha_bar, device=x_t.device))
-    t_flow = s / (a + s)
-    x_flow = x_t / bcast(a + s, x_t)
-    v_theta = vp_pred_to_flow_velocity(pred_theta, x_t, alpha_bar, prediction_type)
-    v_old = vp_pred_to_flow_velocity(as_float(pred_old).detach(), x_t, alpha_bar, prediction_type)
+    x_flow, t_flow = law.flow_state(x_t, t)
+    v_theta = law.flow_velocity(pred_theta, x_t, t)
+    v_old = law.flow_velocity(as_float(pred_old).detach(), x_t, t)
     loss, stats = nft_loss(
         v_theta, v_old, x0, x_flow, t_flow, r, beta, adv_clip_max=adv_clip_max, v_ref=None, min_weight=min_weight
     )
     kl = torch.zeros((), device=loss.device)
     if pred_ref is not None and ref_weight > 0:
         if kl_space == "flow":
-            v_ref = vp_pred_to_flow_velocity(as_float(pred_ref).detach(), x_t, alpha_bar, prediction_type)
+            v_ref = law.flow_velocity(as_float(pred_ref).detach(), x_t, t)
             kl = _mean_nonbatch((v_theta - v_ref) ** 2).mean()
         else:
             kl = _mean_nonbatch((as_float(pred_theta) - as_float(pred_ref).detach()) ** 2).mean()
@@ -241,7 +266,6 @@ from typing import Any, List  # noqa: E402
 
 from genalign.algorithms.advantages import combined_advantages  # noqa: E402
 from genalign.algorithms.base import Algorithm  # noqa: E402
-from genalign.algorithms.conversions import flow_interpolate, vp_interpolate  # noqa: E402
 from genalign.registry import ALGORITHMS  # noqa: E402
 
 TIMESTEP_SAMPLING = ("schedule", "uniform")
@@ -255,7 +279,8 @@ from genalign.core.seeding import derive_seed as point_seed  # noqa: E402
 class TrainingPoint:
     """Noisy training inputs for one backward unit: x_t from the clean x0 with fresh noise.
 
-    ``t_model`` (N,) is what the denoiser is called with; ``time`` (N,) is σ (flow) or ᾱ (VP)."""
+    ``t_model`` (N,) is what the denoiser is called with; ``time`` (N,) is the noise law's time (``Generator.law``):
+    σ (flow) or ᾱ (VP)."""
 
     x0: torch.Tensor
     x_t: torch.Tensor
@@ -272,8 +297,9 @@ def training_point(gen, schedule, x0: torch.Tensor, seeds: List[int], unit: int,
 
     ``sampling="schedule"``: unit u of sample i uses step perm_i[u mod T] of the rollout's own schedule (a
     per-sample random permutation, so units cover distinct steps: DiffusionNFT trains at the sampler's
-    timesteps). ``"uniform"``: flow σ ~ U[t_min, t_max] (timestep 1000·σ); VP: a discrete training timestep
-    drawn uniformly from [t_min·N, t_max·N) of the scheduler's N training steps (ᾱ from its table).
+    timesteps). ``"uniform"``: the law's ``sample_training_time`` — flow σ ~ U[t_min, t_max] (timestep 1000·σ); VP:
+    a discrete training timestep drawn uniformly from [t_min·N, t_max·N) of the scheduler's N training steps (ᾱ
+    from its table).
     """
     n = x0.shape[0]
     dev = x0.device
@@ -293,24 +319,11 @@ def training_point(gen, schedule, x0: torch.Tensor, seeds: List[int], unit: int,
     if sampling == "schedule":
         j = torch.tensor(idx)
         t_model = schedule.timesteps[j].float()
-        time = (schedule.sigmas if gen.kind == "flow" else schedule.alphas)[j].float()
-    elif gen.kind == "flow":
-        u = torch.tensor(u01)
-        time = t_min + (t_max - t_min) * u
-        num_train = float(gen.pipe.scheduler.config.get("num_train_timesteps", 1000) or 1000)
-        t_model = time * num_train
+        time = gen.law.schedule_times(schedule)[j].float()
     else:
-        ac = gen.pipe.scheduler.alphas_cumprod.float()
-        N = ac.shape[0]
-        lo, hi = int(t_min * N), max(int(t_min * N) + 1, int(round(t_max * N)))
-        t_int = (lo + (torch.tensor(u01) * (hi - lo)).long()).clamp(0, N - 1)
-        t_model, time = t_int.float(), ac[t_int]
+        time, t_model = gen.law.sample_training_time(torch.tensor(u01), t_min, t_max)
     time = time.to(dev)
-    if gen.kind == "flow":
-        x_t = flow_interpolate(x0, noise, time)
-    else:
-        a, s = vp_alpha_sigma(time)
-        x_t = vp_interpolate(x0, noise, a, s)
+    x_t = gen.law.interpolate(x0, noise, time)
     assert x_t.shape[0] == n
     return TrainingPoint(x0=x0, x_t=x_t, noise=noise, t_model=t_model.to(dev), time=time)
 
@@ -505,13 +518,9 @@ class NFT(Algorithm):
 
     def loss_from(self, view, pt: TrainingPoint, pred, pred_old, pred_ref, r: torch.Tensor):
         r = r.to(pred.device)
-        if view.generator.kind == "flow":
-            return nft_loss(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta, self.adv_clip_max,
-                            v_ref=pred_ref, ref_weight=self.ref_weight, min_weight=self.min_weight)
-        return nft_loss_vp(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta,
-                           prediction_type=view.generator.prediction_type, adv_clip_max=self.adv_clip_max,
-                           pred_ref=pred_ref, ref_weight=self.ref_weight, kl_space=self.kl_space,
-                           min_weight=self.min_weight)
+        return nft_loss_law(view.law, pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta,
+                            adv_clip_max=self.adv_clip_max, pred_ref=pred_ref, ref_weight=self.ref_weight,
+                            kl_space=self.kl_space, min_weight=self.min_weight)
 
     def optimality(self, adv: torch.Tensor, probe: bool) -> List[torch.Tensor]:
         """The optimality probabilities r the loss trains on: one, or one per objective when probing."""
