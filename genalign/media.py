@@ -245,7 +245,8 @@ def write_audio(samples, out_dir, tag, prompts, seeds, rows, cols, files_dir, sc
                         "scores": {n: float(v[k]) for n, v in (scores or {}).items()}})
     cells = [spectrogram_image(w) for w in samples]
     grid = os.path.join(out_dir, f"{tag}.png")
-    img = labelled_grid(cells, rows, cols, [prompts[r * cols] for r in range(rows)], [f"seed {s}" for s in seeds[:cols]])
+    img = labelled_grid(cells, rows, cols, [prompts[r * cols] for r in range(rows)],
+                        [f"seed {s}" for s in seeds[:cols]])
     atomic_write_bytes(grid, _png_bytes(img))
     page = os.path.join(files_dir, "index.html")
     atomic_write_text(page, audio_page(entries, rows, cols, f"genalign samples: {tag}",

@@ -252,7 +252,8 @@ def test_genalign_eval_writes_metrics_grid_and_records(tiny_sd3, tmp_path, capsy
     assert grid.size == (LABEL_WIDTH + PAD + 3 * (128 + PAD), 15 + 2 * PAD + 2 * (128 + PAD))  # 16 px x8
     assert Image.open(tmp_path / "ev" / "samples" / "0005_seed2.png").size == (16, 16)
     recs = [json.loads(line) for line in open(tmp_path / "ev" / "samples" / "samples.jsonl")]
-    assert [(r["prompt"], r["seed"]) for r in recs] == [(p, s) for p in ["a red cube", "a blue ball"] for s in [0, 1, 2]]
+    want = [(p, s) for p in ["a red cube", "a blue ball"] for s in [0, 1, 2]]
+    assert [(r["prompt"], r["seed"]) for r in recs] == want
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -351,7 +352,8 @@ def test_a_reward_for_another_modality_is_refused_in_one_line(tiny_sd3, tmp_path
     with pytest.raises(ConfigError, match="reward 'remote' .* scores audio, but model family 'sd3' generates image"):
         build_config(tiny_config(tiny_sd3, str(tmp_path), rewards=remote_audio))
     with pytest.raises(ConfigError, match="reward 'fd' .* scores audio"):  # the clap encoder embeds audio
-        build_config(tiny_config(tiny_sd3, str(tmp_path), rewards=[{"name": "fd", "encoder": "clap", "reference": "x"}]))
+        build_config(tiny_config(tiny_sd3, str(tmp_path),
+                                 rewards=[{"name": "fd", "encoder": "clap", "reference": "x"}]))
     # an encoder that does not say what it embeds ('any') and the image default (clip) pass on an image model
     build_config(tiny_config(tiny_sd3, str(tmp_path), rewards=[
         {"name": "vendi", "encoder": "tests.algorithms.trainer_utils:mean_rgb"}, {"name": "fd", "reference": "x"}]))
