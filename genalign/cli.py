@@ -1,4 +1,4 @@
-"""Command line: ``genalign train | sample | export | eval | serve-reward``.
+"""Command line: ``genalign train | sample | export | eval | report | serve-reward``.
 
     genalign train [CONFIG.yaml] [key=value ...]       # no CONFIG: the embedded toy quickstart
     accelerate launch -m genalign train CONFIG.yaml     # the same, distributed
@@ -6,6 +6,7 @@
     genalign export CHECKPOINT --out DIR [--fuse] [--ema]
     genalign eval CONFIG.yaml [--checkpoint CKPT] [--out metrics.json]
     genalign eval --benchmark screenspot-v2 --data DIR --model PATH   # GUI grounding evaluator
+    genalign report RUN_DIR [--out FILE.png]           # curves + first/last eval grids -> RUN_DIR/report.png
     genalign serve-reward NAME [--port P] [--arg key=value ...]
     genalign embed-exemplars --encoder dinov2 --reference DIR --out exemplars.safetensors [--arg key=value ...]
 
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seeds", type=int, nargs="+")
     v.add_argument("--out", help="metrics.json path")
     v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
+    r = sub.add_parser("report", help="training curves and the first/last eval grids of a run -> report.png")
+    r.add_argument("run_dir", help="a training run's output directory (holds metrics.jsonl, samples/)")
+    r.add_argument("--out", help="PNG path (default: RUN_DIR/report.png)")
     sub.add_parser("serve-reward", help="serve a reward model over HTTP on loopback", add_help=False)
     x = sub.add_parser("embed-exemplars", help="embed an exemplar set once into a .safetensors file (DRAGON)")
     x.add_argument("--encoder", required=True, help="clip | dinov2 | clap | digits | a dotted path")
@@ -267,6 +271,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_sample(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "report":
+            from .report import report_main
+
+            return report_main(args)
         if args.command == "embed-exemplars":
             return cmd_embed_exemplars(args)
         if args.command == "eval":

@@ -477,8 +477,15 @@ def validate(cfg: Config) -> None:
     make_algorithm(alg_cls, cfg.algorithm.args)
     if not cfg.rewards and getattr(alg_cls, "needs_rewards", True):
         raise ConfigError(f"'rewards' is empty; name at least one of: {choices(REWARDS.names())}")
+    made = getattr(fam, "modality", "image")  # a class attribute: known without loading the model
     for i, spec in enumerate(cfg.rewards):
-        check_kwargs(REWARDS.get(spec.name), spec.args, f"rewards.{i}")
+        rcls = REWARDS.get(spec.name)
+        check_kwargs(rcls, spec.args, f"rewards.{i}")
+        declared = getattr(rcls, "declared_modality", None)
+        scores = declared(spec.args) if callable(declared) else getattr(rcls, "modality", "any")
+        if scores not in ("any", made):
+            raise ConfigError(f"reward '{spec.name}' (rewards.{i}) scores {scores}, but model family "
+                              f"'{cfg.model.family}' generates {made}; choose a reward for {made}")
     if not cfg.data.prompts:
         raise ConfigError("'data.prompts' is empty; give a prompts file (.txt/.jsonl) or a list of prompts")
     if isinstance(cfg.data.prompts, str) and not os.path.exists(cfg.data.prompts):

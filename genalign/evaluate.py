@@ -13,9 +13,9 @@ from .io import atomic_write_json, read_prompts
 
 def evaluate_main(args) -> int:
     from .config import load_config
+    from .evaluation import sample_and_write, score_table
     from .registry import MODELS
     from .rewards.base import build_rewards
-    from .sampling import sample_to_dir
 
     if not args.config:
         raise GenalignError("give a recipe CONFIG (its model and rewards are used), or --benchmark for GUI grounding")
@@ -31,15 +31,16 @@ def evaluate_main(args) -> int:
     prompts = read_prompts(src)
     seeds = args.seeds or cfg.data.eval_seeds
     out = args.out or os.path.join(cfg.run.output_dir, "eval", "metrics.json")
-    recs = sample_to_dir(gen, prompts, seeds, cfg.sampler, os.path.join(os.path.dirname(out), "samples"),
-                         num_steps=cfg.sampler.eval_num_steps, rewards=rewards)
-    metrics = {"num_samples": len(recs), "checkpoint": args.checkpoint, "model": cfg.model.path}
-    for r in rewards:
-        vals = torch.tensor([rec["rewards"][r.name] for rec in recs])
-        metrics[r.name] = {"mean": float(torch.nanmean(vals)), "std": float(vals[~torch.isnan(vals)].std())
-                           if (~torch.isnan(vals)).sum() > 1 else 0.0}
+    ev = sample_and_write(gen, prompts, seeds, cfg.sampler, os.path.join(os.path.dirname(out), "samples"),
+                          num_steps=cfg.sampler.eval_num_steps, rewards=rewards)
+    metrics = {"num_samples": len(ev["records"]), "checkpoint": args.checkpoint, "model": cfg.model.path,
+               **score_table(ev["scores"])}
+    if rewards:
+        metrics["reward_mean"] = ev["summary"]["reward_mean"]  # weighted as in training
     atomic_write_json(out, metrics)
-    print(f"genalign: wrote {os.path.abspath(out)}")
+    print(f"genalign: wrote {os.path.abspath(out)} and {os.path.abspath(os.path.dirname(ev['grid']))}")
+    if rewards:
+        print(f"  reward_mean: {metrics['reward_mean']:.4f}")
     for k, v in metrics.items():
         if isinstance(v, dict):
             print(f"  {k}: {v['mean']:.4f} ± {v['std']:.4f}")

@@ -1,43 +1,39 @@
-"""Sampling outside training: image grids, PNG files and ``genalign sample``."""
+"""Sampling outside training (``genalign sample``): a thin user of :mod:`genalign.evaluation`.
+
+``to_pil`` / ``save_png`` / ``save_grid`` remain for callers that write single images or a bare grid."""
 
 from __future__ import annotations
 
+import io
 import os
 from typing import List, Optional, Sequence
 
 import torch
 
-from .io import append_jsonl, atomic_write_bytes
+from .io import atomic_write_bytes
+from .media import labelled_grid, to_pil, upscale_factor
 
-
-def to_pil(img: torch.Tensor):
-    from PIL import Image
-
-    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+__all__ = ["to_pil", "save_png", "save_grid", "sample_to_dir"]
 
 
 def save_png(img: torch.Tensor, path: str) -> None:
-    import io
-
     buf = io.BytesIO()
     to_pil(img).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_grid(samples: torch.Tensor, rows: int, cols: int, path: str, upscale: int = 0) -> None:
-    """A rows × cols grid (rows = prompts, columns = seeds) with diffusers' ``make_image_grid``.
-    Small images (toy world) are upscaled with nearest neighbour so that the grid is visible."""
-    import io
-
-    from diffusers.utils import make_image_grid
+def save_grid(samples: torch.Tensor, rows: int, cols: int, path: str, upscale: int = 0,
+              prompts: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None) -> None:
+    """A labelled rows × cols image grid (rows = prompts, columns = seeds; ``prompts``/``seeds`` per row/column,
+    default blank rows and column numbers). Small images are upscaled with nearest neighbour."""
+    from PIL import Image
 
     images = [to_pil(s) for s in samples]
-    h = images[0].height
-    factor = upscale or max(1, 128 // max(h, 1))
-    if factor > 1:
-        images = [im.resize((im.width * factor, im.height * factor), 0) for im in images]
-    grid = make_image_grid(images, rows=rows, cols=cols)
+    f = upscale or upscale_factor(images[0].height, images[0].width)
+    if f > 1:
+        images = [im.resize((im.width * f, im.height * f), Image.NEAREST) for im in images]
+    grid = labelled_grid(images, rows, cols, list(prompts) if prompts is not None else [""] * rows,
+                         [f"seed {s}" for s in seeds] if seeds is not None else [str(c) for c in range(cols)])
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -46,25 +42,12 @@ def save_grid(samples: torch.Tensor, rows: int, cols: int, path: str, upscale: i
 def sample_to_dir(generator, prompts: Sequence[str], seeds: Sequence[int], scfg, out_dir: str,
                   num_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
                   batch_size: int = 8, rewards=None) -> List[dict]:
-    """Deterministic samples for every (prompt, seed): PNGs, a grid, and samples.jsonl with reward scores."""
+    """Deterministic samples for every (prompt, seed) into ``out_dir``: one file per sample (``0000_seed0.png`` or
+    ``.wav``), ``grid.png`` (images, or spectrograms for audio, with ``index.html`` players), and ``samples.jsonl``
+    with reward scores. Returns the records."""
     os.makedirs(out_dir, exist_ok=True)
-    items = [(p, s) for p in prompts for s in seeds]
-    outs = []
-    for a in range(0, len(items), batch_size):
-        chunk = items[a : a + batch_size]
-        ro = generator.rollout([p for p, _ in chunk], [s for _, s in chunk], scfg, num_steps=num_steps,
-                               guidance_scale=guidance_scale, stochastic=False)
-        outs.append(ro.samples.cpu())
-    samples = torch.cat(outs)
-    scores = {}
-    for r in rewards or []:
-        scores[r.name] = r(samples, [p for p, _ in items]).cpu()
-    records = []
-    for k, (p, s) in enumerate(items):
-        fname = f"{k:04d}_seed{s}.png"
-        save_png(samples[k], os.path.join(out_dir, fname))
-        rec = {"prompt": p, "seed": s, "file": fname, "rewards": {n: float(v[k]) for n, v in scores.items()}}
-        append_jsonl(os.path.join(out_dir, "samples.jsonl"), rec)
-        records.append(rec)
-    save_grid(samples, len(prompts), len(seeds), os.path.join(out_dir, "grid.png"))
-    return records
+    from .evaluation import sample_and_write
+
+    out = sample_and_write(generator, prompts, seeds, scfg, out_dir, tag="grid", num_steps=num_steps,
+                           guidance_scale=guidance_scale, batch_size=batch_size, rewards=rewards, subdir="")
+    return out["records"]

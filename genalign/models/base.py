@@ -156,6 +156,19 @@ class Generator:
     default_lora_targets: List[str] = []
     max_sequence_length: Optional[int] = None  # T5 tokens of the stock pipeline's default, for families with T5
 
+    def output_spec(self):
+        """What one sample is (:class:`genalign.media.OutputSpec`): an image of ``cfg.height`` x ``cfg.width`` pixels,
+        or for an audio family its ``seconds``, ``sample_rate`` and ``channels`` attributes (set by the adapter)."""
+        from ..media import OutputSpec
+
+        if self.modality == "audio":
+            try:
+                return OutputSpec("audio", seconds=float(self.seconds), sample_rate=int(self.sample_rate),
+                                  channels=int(self.channels))
+            except AttributeError as e:
+                raise ConfigError(f"audio family '{self.family}' must set seconds, sample_rate and channels ({e})")
+        return OutputSpec(self.modality, height=int(self.cfg.height), width=int(self.cfg.width))
+
     @classmethod
     def pipe_class(cls):
         """The stock diffusers pipeline class this family loads (imported lazily)."""

@@ -13,7 +13,9 @@ A reward is a callable that scores a batch of generated samples::
   exemplar set). The trainer calls ``group`` and ``set`` rewards on gathered batches.
 * ``differentiable`` — True when the score is a differentiable function of ``samples`` (usable for direct
   reward back-propagation); such rewards must not detach or leave torch.
-* ``modality`` — ``"image"`` or ``"audio"``.
+* ``modality`` — ``"image"``, ``"audio"`` or ``"any"`` (modality-agnostic: e.g. a set reward whose encoder decides,
+  or a remote reward told what to send). :meth:`Reward.declared_modality` gives it from the config args without
+  building the reward, so that config validation can refuse a reward that cannot score the model's outputs.
 
 Rewards never know which algorithm uses them. Heavy models load lazily on first call, on the device that
 ``to(device)`` gave (the trainer calls it once).
@@ -44,6 +46,11 @@ class Reward:
     @name.setter
     def name(self, value: str) -> None:
         self._name = value
+
+    @classmethod
+    def declared_modality(cls, args: Optional[Dict[str, Any]] = None) -> str:
+        """The modality this reward scores with these config args (default: the class's ``modality``)."""
+        return cls.modality
 
     def to(self, device) -> "Reward":
         self.device = torch.device(device)

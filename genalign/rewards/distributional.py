@@ -33,7 +33,7 @@ from ..errors import ConfigError, GenalignError
 from ..registry import REWARDS
 from . import stats
 from .base import Reward
-from .encoders import AUDIO_EXTS, IMAGE_EXTS, Encoder, build_encoder, decode_image, decode_wav
+from .encoders import AUDIO_EXTS, IMAGE_EXTS, Encoder, build_encoder, decode_image, decode_wav, encoder_modality
 
 REFERENCE_KINDS = ("auto", "images", "audio", "text", "embeddings", "samples")
 
@@ -221,6 +221,11 @@ class _DistributionalBase(Reward):
     """Shared construction: an encoder and (optionally) a reference set."""
 
     needs_reference = True
+    modality = "any"  # the encoder's: an instance takes its encoder's modality
+
+    @classmethod
+    def declared_modality(cls, args=None) -> str:
+        return encoder_modality((args or {}).get("encoder", "clip"))
 
     def __init__(self, encoder: Union[str, Callable] = "clip", reference: Any = None, encoder_args: Optional[dict] = None,
                  reference_kind: str = "auto", cache_dir: Optional[str] = None, batch_size: int = 32,

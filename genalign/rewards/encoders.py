@@ -107,6 +107,16 @@ def build_encoder(spec: Union[str, Callable, Encoder], args: Optional[Dict[str, 
     raise ConfigError(f"encoder must be a name, a dotted path or a callable, got {type(spec).__name__}")
 
 
+def encoder_modality(spec: Any) -> str:
+    """The modality an encoder spec (as :func:`build_encoder` takes it) embeds, without loading any weights;
+    ``"any"`` when it does not say (a plain callable) or cannot be resolved here (building it will report why)."""
+    try:
+        obj = ENCODERS.get(spec) if isinstance(spec, str) else spec
+    except Exception:  # noqa: BLE001 - an unknown/unimportable encoder: the reward's construction names the problem
+        return "any"
+    return str(getattr(obj, "modality", "any"))
+
+
 def _pooled(out) -> torch.Tensor:
     return out if torch.is_tensor(out) else out.pooler_output
 

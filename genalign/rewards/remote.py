@@ -267,6 +267,11 @@ class RemoteReward(Reward):
     """
 
     differentiable = False
+    modality = "any"  # an instance scores what its ``modality`` argument says it sends
+
+    @classmethod
+    def declared_modality(cls, args=None) -> str:
+        return str((args or {}).get("modality", "image"))
 
     def __init__(self, url: str = "http://127.0.0.1:8765", modality: str = "image", scope: str = "sample",
                  sample_rate: int = 44100, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5):
