@@ -16,6 +16,7 @@ the global batch is split across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -24,32 +25,18 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .config import Config, make_algorithm, save_config, to_dict
-from .core.checkpoint import CKPT_PREFIX, Checkpointer, latest_checkpoint, list_checkpoints  # noqa: F401
+from .core.checkpoint import Checkpointer, latest_checkpoint, list_checkpoints  # noqa: F401  (re-exported)
 from .core.parts import build_parts, declared_parts
 from .core.phases import Batch, Phase
 from .core.planning import plan, train_steps_for
-from .core.seeding import derive_seed  # noqa: F401  (re-exported for scripts)
 from .core.stepper import Stepper
 from .core.view import View
 from .errors import CheckpointError, ConfigError
+from .evaluation import unique_names
 from .io import append_jsonl, atomic_write_json, read_prompt_records, read_prompts
-from .models.base import Rollout, cat_cond
+from .core.util import cat_rollouts, flatten, gather_list, has_accelerator_device
+from .models.base import Rollout
 from .registry import ALGORITHMS, MODELS
-
-
-def cat_rollouts(parts: List[Rollout]) -> Rollout:
-    if len(parts) == 1:
-        return parts[0]
-    p0 = parts[0]
-
-    def cat(name):
-        return None if getattr(p0, name) is None else torch.cat([getattr(p, name) for p in parts])
-
-    return Rollout(prompts=sum((p.prompts for p in parts), []), seeds=sum((p.seeds for p in parts), []),
-                   group_ids=cat("group_ids"), cond=cat_cond([p.cond for p in parts]), states=cat("states"),
-                   log_probs=cat("log_probs"), means=cat("means"), train_steps=cat("train_steps"),
-                   schedule=p0.schedule, guidance_scale=p0.guidance_scale, samples=cat("samples"),
-                   metadata=sum((p.metadata for p in parts), []))
 
 
 class Trainer:
@@ -339,11 +326,14 @@ class Trainer:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), metrics)
 
     def write_report(self) -> Optional[str]:
+        """The run at a glance (curves + first/last evaluation grids); a failure to draw never fails the run."""
+        from .report import write_report
+
         try:
-            from .report import write_report
-        except ImportError:
+            return write_report(self.out)
+        except Exception as e:  # noqa: BLE001 - e.g. a matplotlib backend problem
+            print(f"genalign: no report ({type(e).__name__}: {e})", flush=True)
             return None
-        return write_report(self.out)
 
     # ================================================================================================ eval
     @torch.no_grad()
@@ -354,7 +344,7 @@ class Trainer:
 
         ema = self.parts["policy"].ema
         self.model.eval()
-        with (ema.swapped() if ema is not None else _null()):
+        with (ema.swapped() if ema is not None else contextlib.nullcontext()):
             result = evaluate_items(self, iteration)
         self.model.train()
         return result
@@ -365,53 +355,6 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         self.checkpointer.load(path)
-
-
-# ==================================================================================================== helpers
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def has_accelerator_device() -> bool:
-    if torch.cuda.is_available():
-        return True
-    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def gather_list(acc, items: List[Any]) -> List[Any]:
-    if acc.num_processes == 1:
-        return list(items)
-    from accelerate.utils import gather_object
-
-    return gather_object(list(items))
-
-
-def unique_names(names: List[str]) -> List[str]:
-    out, seen = [], {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
-    return out
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
 
 
 def train(cfg: Config) -> Dict[str, Any]:
