@@ -169,14 +169,17 @@ class GANHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden: Optional[int] = None, num_down: int = 2, groups: int = 32):
+        # GroupNorm groups: DMD2's 32 for wide features, fewer for narrow ones so each group keeps >= 8 channels
+        # (one channel per group would be instance norm, which erases a per-channel mean shift).
         super().__init__()
         if in_channels <= 0 or num_down < 0:
             raise ValueError(f"GANHead needs in_channels > 0 and num_down >= 0, got {in_channels}, {num_down}")
         hidden = hidden or in_channels
         self.in_channels, self.num_down = in_channels, num_down
         layers, c = [], in_channels
+        groups = math.gcd(min(groups, max(1, hidden // 8)), hidden)
         for _ in range(num_down):
-            layers += [nn.Conv2d(c, hidden, 4, stride=2, padding=1), nn.GroupNorm(math.gcd(groups, hidden), hidden), nn.SiLU()]
+            layers += [nn.Conv2d(c, hidden, 4, stride=2, padding=1), nn.GroupNorm(groups, hidden), nn.SiLU()]
             c = hidden
         self.conv = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(c, 1, 1)
