@@ -55,7 +55,8 @@ def to_x0(pred: torch.Tensor, x_t: torch.Tensor, parameterisation: str, sigma=No
     if parameterisation not in PARAMETERISATIONS:
         raise ConfigError(f"unknown parameterisation {parameterisation!r}; valid: {choices(PARAMETERISATIONS)}")
     if sigma is None or (parameterisation != "flow" and alpha is None):
-        raise ValueError(f"to_x0({parameterisation!r}) needs sigma" + ("" if parameterisation == "flow" else " and alpha"))
+        need = "sigma" if parameterisation == "flow" else "sigma and alpha"
+        raise ValueError(f"to_x0({parameterisation!r}) needs {need}")
     if parameterisation == "flow":
         return cv.flow_x0_from_v(x_t, pred, sigma)
     return cv.vp_pred_to_x0_eps(pred, x_t, alpha, sigma, parameterisation)[0]

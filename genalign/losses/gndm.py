@@ -81,7 +81,8 @@ def group_normalise(
     """GNDM Â_i = (R_i − mean_G R)/(std_G R + δ) within each prompt group (population std unless ``unbiased``);
     groups of one sample or with equal rewards get 0; optional clip to ±clip."""
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"rewards and group_ids must both be (N,), got {tuple(rewards.shape)}, {tuple(group_ids.shape)}")
+        raise ValueError(f"rewards and group_ids must both be (N,), got {tuple(rewards.shape)}, "
+                         f"{tuple(group_ids.shape)}")
     adv, _ = group_advantages(rewards, group_ids, std="group", eps=delta, clip=float("inf") if clip is None else clip,
                               unbiased=unbiased)
     return adv

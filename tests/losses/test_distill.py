@@ -487,3 +487,33 @@ def test_gndm_estimator_flag():
     assert D.check_gndm_estimator("pathwise") == "pathwise"
     with pytest.raises(ConfigError, match="valid: pathwise, policy_gradient"):
         D.check_gndm_estimator("reinforce")
+
+
+def test_ac_fake_target_is_an_unbiased_velocity_target():
+    # x_s = (1−s)x0 + sε, x_t = a·x_s + σ_ts·ξ = (1−t)x0 + n with n = a s ε + σ_ts ξ ~ N(0, t²). The flow velocity at
+    # x_t is E[n/t − x0 | x_t]. v* − (n/t − x0) = c_ε ε + c_ξ ξ is linear in (ε, ξ); it is uncorrelated with n (hence,
+    # jointly Gaussian, mean-zero given x_t) iff c_ε·a s + c_ξ·σ_ts = 0. Read c_ε, c_ξ off the implementation.
+    for s, t in [(0.25, 0.6), (0.5, 0.75), (0.1, 0.98)]:
+        a, sig = (v.item() for v in D.subinterval_coefficients(s, t))
+
+        def v_star(x0, eps, xi):
+            x_s = t64([[(1 - s) * x0 + s * eps]])
+            return D.ac_fake_target(x_s, s, t, t64([[xi]])).item() - ((a * s * eps + sig * xi) / t - x0)
+
+        assert v_star(1.7, 0.0, 0.0) == pytest.approx(0.0, abs=1e-9)  # no x0 term left
+        c_eps, c_xi = v_star(0.0, 1.0, 0.0), v_star(0.0, 0.0, 1.0)
+        assert c_eps * a * s + c_xi * sig == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dm_reward_recovers_gaussian_log_ratio():
+    # VP x_t = αx + σε with α = 0.8, σ = 0.6; real data N(0, 1), fake N(m = 1, 1): the exact ε-predictors are
+    # ε_real(x_t) = σ·x_t, ε_fake(x_t) = σ·(x_t − αm). With shared ε draws, E R_dm = σ²α²[(x − m)² − x²], so
+    # w = 1/(2σ²α²) gives log p_real(x) − log p_fake(x) = [(x − m)² − x²]/2 (up to the Monte-Carlo error).
+    alpha, sigma, m, n = 0.8, 0.6, 1.0, 20000
+    eps = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    w = torch.full((n,), 1 / (2 * sigma**2 * alpha**2), dtype=F64)
+    for x in (-1.0, 0.0, 0.5, 2.0):
+        x_t = alpha * x + sigma * eps
+        r = D.dm_reward(sigma * (x_t - alpha * m), sigma * x_t, eps, weight=w)
+        tol = 4 * r.std().item() / math.sqrt(n)
+        assert abs(r.mean().item() - ((x - m) ** 2 - x**2) / 2) < tol
