@@ -2,7 +2,7 @@
 the R_dm / GNDM / GNDMR reconstruction (``gndm``, [R]). All functions are pure: tensors in, loss / tensors out."""
 
 from .dmd import (  # noqa: F401
-    DMD2_STUDENT_TIMESTEPS, PARAMETERISATIONS, REGRESSION_DISTANCES, BackwardSimPlan, GANHead,
+    DMD2_STUDENT_TIMESTEPS, GAN_HEAD_KINDS, PARAMETERISATIONS, REGRESSION_DISTANCES, BackwardSimPlan, GANHead,
     backward_simulation_plan, dmd2_student_timesteps, dmd_gradient, dmd_loss, fake_score_loss, fake_score_target,
     gan_discriminator_loss, gan_generator_loss, pseudo_huber_c, regression_loss, run_backward_simulation,
     sample_dmd_timesteps, sample_logit_normal_sigma, surrogate_loss, to_x0,

@@ -35,6 +35,7 @@ DMD2_STUDENT_TIMESTEPS: Dict[str, Tuple[int, ...]] = {
 }
 PARAMETERISATIONS = ("flow", "epsilon", "v_prediction", "sample")
 REGRESSION_DISTANCES = ("mse", "pseudo_huber")
+GAN_HEAD_KINDS = ("conv", "tokens")
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -163,44 +164,52 @@ class GANHead(nn.Module):
     """A small classifier giving one realism logit per sample from the **fake score's** features (DMD2
     ``cls_pred_branch``).
 
-    * feature map (N, C, H, W): ``num_down`` × [4×4 stride-2 conv, GroupNorm, SiLU], global average pool, 1×1 conv
-      to one logit (DMD2 ends with a stride-4 conv to 1×1 instead of the pool; the pool accepts any H, W ≥ 2^k).
-    * token sequence (N, L, C) (transformer backbones): LayerNorm, Linear, SiLU, mean over tokens, Linear → logit.
-    Returns logits of shape (N,).
+    * ``kind="conv"``, feature map (N, C, H, W) (UNet bottleneck): ``num_down`` × [4×4 stride-2 conv, GroupNorm,
+      SiLU], global average pool, 1×1 conv to one logit (DMD2 ends with a stride-4 conv to 1×1 instead of the pool;
+      the pool accepts any H, W ≥ 2^num_down).
+    * ``kind="tokens"``, token sequence (N, L, C) (transformer backbones): LayerNorm, Linear, SiLU, mean over
+      tokens, Linear → logit.
+    Only the chosen branch has parameters (DDP needs every parameter used). Returns logits of shape (N,).
     """
 
-    def __init__(self, in_channels: int, hidden: Optional[int] = None, num_down: int = 2, groups: int = 32):
-        # GroupNorm groups: DMD2's 32 for wide features, fewer for narrow ones so each group keeps >= 8 channels
-        # (one channel per group would be instance norm, which erases a per-channel mean shift).
+    def __init__(self, in_channels: int, kind: str = "conv", hidden: Optional[int] = None, num_down: int = 2,
+                 groups: int = 32):
         super().__init__()
+        if kind not in GAN_HEAD_KINDS:
+            raise ConfigError(f"unknown GANHead kind {kind!r}; valid: {choices(GAN_HEAD_KINDS)}")
         if in_channels <= 0 or num_down < 0:
             raise ValueError(f"GANHead needs in_channels > 0 and num_down >= 0, got {in_channels}, {num_down}")
         hidden = hidden or in_channels
-        self.in_channels, self.num_down = in_channels, num_down
-        layers, c = [], in_channels
+        self.kind, self.in_channels, self.num_down = kind, in_channels, num_down
+        if kind == "tokens":
+            self.body = nn.Sequential(nn.LayerNorm(in_channels), nn.Linear(in_channels, hidden), nn.SiLU())
+            self.out = nn.Linear(hidden, 1)
+            return
+        # GroupNorm groups: DMD2's 32 for wide features, fewer for narrow ones so each group keeps >= 8 channels
+        # (one channel per group would be instance norm, which erases a per-channel mean shift).
         groups = math.gcd(min(groups, max(1, hidden // 8)), hidden)
+        layers, c = [], in_channels
         for _ in range(num_down):
             layers += [nn.Conv2d(c, hidden, 4, stride=2, padding=1), nn.GroupNorm(groups, hidden), nn.SiLU()]
             c = hidden
-        self.conv = nn.Sequential(*layers)
-        self.conv_out = nn.Conv2d(c, 1, 1)
-        self.token_mlp = nn.Sequential(nn.LayerNorm(in_channels), nn.Linear(in_channels, hidden), nn.SiLU())
-        self.token_out = nn.Linear(hidden, 1)
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(c, 1, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.ndim == 4:
+        if self.kind == "conv" and features.ndim == 4:
             if features.shape[1] != self.in_channels:
                 raise ValueError(f"GANHead expects {self.in_channels} channels, got features {tuple(features.shape)}")
             if min(features.shape[-2:]) < 2**self.num_down:
                 raise ValueError(f"GANHead with num_down={self.num_down} needs H, W >= {2 ** self.num_down}, "
                                  f"got {tuple(features.shape)}")
-            h = self.conv(features.float())
-            return self.conv_out(h.mean(dim=(2, 3), keepdim=True)).flatten()
-        if features.ndim == 3:
+            h = self.body(features.float())
+            return self.out(h.mean(dim=(2, 3), keepdim=True)).flatten()
+        if self.kind == "tokens" and features.ndim == 3:
             if features.shape[-1] != self.in_channels:
                 raise ValueError(f"GANHead expects tokens of width {self.in_channels}, got {tuple(features.shape)}")
-            return self.token_out(self.token_mlp(features.float()).mean(1)).flatten()
-        raise ValueError(f"GANHead takes (N, C, H, W) or (N, L, C) features, got shape {tuple(features.shape)}")
+            return self.out(self.body(features.float()).mean(1)).flatten()
+        want = "(N, C, H, W)" if self.kind == "conv" else "(N, L, C)"
+        raise ValueError(f"GANHead(kind={self.kind!r}) takes {want} features, got shape {tuple(features.shape)}")
 
 
 # ------------------------------------------------------------------------------- backward simulation

@@ -155,7 +155,11 @@ def test_gan_head_shapes_training_and_errors():
     torch.manual_seed(0)
     head = D.GANHead(8, hidden=16, num_down=2)
     assert head(torch.randn(3, 8, 8, 8)).shape == (3,)
-    assert head(torch.randn(3, 5, 8)).shape == (3,)  # token sequence (N, L, C)
+    tokens = D.GANHead(8, kind="tokens", hidden=16)
+    out = tokens(torch.randn(3, 5, 8))  # token sequence (N, L, C)
+    assert out.shape == (3,)
+    out.sum().backward()
+    assert all(p.grad is not None for p in tokens.parameters())  # every parameter is used (DDP)
     # it can separate two feature distributions with the DMD2 losses
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     real, fake = torch.randn(8, 8, 4, 4) + 1.0, torch.randn(8, 8, 4, 4) - 1.0
@@ -166,13 +170,15 @@ def test_gan_head_shapes_training_and_errors():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
-    assert all(p.grad is not None for n, p in head.named_parameters() if not n.startswith("token"))
+    assert all(p.grad is not None for p in head.parameters())
     with pytest.raises(ValueError, match="expects 8 channels"):
         head(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="needs H, W >= 4"):
         head(torch.randn(1, 8, 2, 2))
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(N, L, C\)"):
-        head(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"kind='conv'\) takes \(N, C, H, W\)"):
+        head(torch.randn(2, 5, 8))
+    with pytest.raises(ConfigError, match="valid: conv, tokens"):
+        D.GANHead(8, kind="mlp")
 
 
 # ------------------------------------------------------------------------------------ backward simulation
