@@ -67,8 +67,9 @@ def group_shared_draws(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """[R] One (t, ε) draw per group, copied to every sample of that group: returns t (N,) ~ U[t_min, t_max]
     (flow σ or a fraction of T) and ε (N, *sample_shape). Sharing the draws is what lets the group mean cancel c(t).
-    Groups are drawn in sorted-id order, so the result depends only on the ids and the generator."""
-    uniq, inverse = torch.unique(group_ids, return_inverse=True)
+    Groups are drawn in sorted-id order, so the result depends only on the ids and the generator. CPU tensors
+    (a CPU generator is identical on every rank); move them to the model's device."""
+    uniq, inverse = torch.unique(group_ids.cpu(), return_inverse=True)  # CPU, like the generator
     t_g = t_min + (t_max - t_min) * torch.rand(len(uniq), generator=generator)
     eps_g = torch.randn(len(uniq), *sample_shape, generator=generator)
     return t_g[inverse], eps_g[inverse]
@@ -170,7 +171,7 @@ class GNDMRWeights:
         """A_i = Σ_k w_k·Â_{k,i} from per-reward group-normalised advantages (N, K)."""
         if advantages.ndim != 2 or advantages.shape[1] != self.num_rewards:
             raise ValueError(f"advantages must be (N, {self.num_rewards}), got {tuple(advantages.shape)}")
-        return (advantages.double() * self.weights(alpha)).sum(1).to(advantages.dtype)
+        return (advantages.double() * self.weights(alpha).to(advantages.device)).sum(1).to(advantages.dtype)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {"base": self.base.clone(), "running_var": self.running_var.clone(), "count": self.count.clone()}
@@ -204,13 +205,13 @@ def gndm_pathwise_gradient(
     with torch.no_grad():
         xd, real, fake = x.detach().double(), x0_real.detach().double(), x0_fake.detach().double()
         per = (xd - real).abs().flatten(1).mean(1)
-        uniq, inv = torch.unique(group_ids, return_inverse=True)
-        sums = torch.zeros(len(uniq), dtype=per.dtype).index_add_(0, inv, per)
-        counts = torch.zeros(len(uniq), dtype=per.dtype).index_add_(0, inv, torch.ones_like(per))
+        uniq, inv = torch.unique(group_ids.to(per.device), return_inverse=True)
+        sums = torch.zeros(len(uniq), dtype=per.dtype, device=per.device).index_add_(0, inv, per)
+        counts = torch.zeros(len(uniq), dtype=per.dtype, device=per.device).index_add_(0, inv, torch.ones_like(per))
         norm = (sums / counts)[inv] + normaliser_eps
         scale = 1 / norm
         if reweight_scale:
             if advantages is None or advantages.shape != per.shape:
                 raise ValueError(f"reweight_scale > 0 needs advantages of shape {tuple(per.shape)}")
-            scale = scale * torch.clamp(1 - reweight_scale * advantages.double(), min=0.0)
+            scale = scale * torch.clamp(1 - reweight_scale * advantages.to(per.device).double(), min=0.0)
         return torch.nan_to_num((fake - real) * scale.reshape(-1, *([1] * (x.ndim - 1))))

@@ -99,7 +99,7 @@ def sample_ac_timesteps(
     ``_sample_ac_timesteps``). ``t_s`` (N,) is the boundary's model timestep."""
     start = torch.as_tensor(t_s, dtype=torch.float32) + offset
     stop = torch.maximum(torch.full_like(start, float(end)), start + 1.0)
-    u = torch.rand(start.shape, generator=generator)
+    u = torch.rand(start.shape, generator=generator).to(start.device)
     return torch.clamp(start + u * (stop - start), min_step, max_step)
 
 
@@ -139,7 +139,7 @@ def sample_consistency_timesteps(
     if max_delta < 1:
         raise ValueError(f"max_delta must be >= 1, got {max_delta}")
     t = torch.as_tensor(t, dtype=torch.float32)
-    delta = torch.randint(1, max_delta + 1, t.shape, generator=generator)
+    delta = torch.randint(1, max_delta + 1, t.shape, generator=generator).to(t.device)
     return torch.clamp(t - delta.float(), min=0.0)
 
 
@@ -180,7 +180,7 @@ def subgrpo_advantages(
         raise ValueError(f"per_reward must be (N, {len(weights)}), got {tuple(per_reward.shape)}")
     if group_ids.shape != per_reward.shape[:1]:
         raise ValueError(f"group_ids must be ({per_reward.shape[0]},), got {tuple(group_ids.shape)}")
-    total = torch.zeros(per_reward.shape[0], dtype=torch.float64)
+    total = torch.zeros(per_reward.shape[0], dtype=torch.float64, device=per_reward.device)
     for k, w in enumerate(weights):
         a, _ = group_advantages(per_reward[:, k], group_ids, std="global", eps=eps, clip=float("inf"))
         total += float(w) * a.double()

@@ -523,3 +523,27 @@ def test_dm_reward_recovers_gaussian_log_ratio():
         r = D.dm_reward(sigma * (x_t - alpha * m), sigma * x_t, eps, weight=w)
         tol = 4 * r.std().item() / math.sqrt(n)
         assert abs(r.mean().item() - ((x - m) ** 2 - x**2) / 2) < tol
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_outputs_follow_the_input_device(device):
+    # random draws come from CPU generators (identical on every rank) and are moved to the inputs' device
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 2, 2, generator=g).to(device).requires_grad_(True)
+    real, fake = torch.randn(4, 2, 2, 2, generator=g).to(device), torch.randn(4, 2, 2, 2, generator=g).to(device)
+    gid = torch.tensor([0, 0, 1, 1], device=device)
+    loss, gr = D.dmd_loss(x, real, fake)
+    loss.backward()
+    assert x.grad.device.type == device and gr.device.type == device
+    assert D.sample_ac_timesteps(torch.zeros(4, device=device), g).device.type == device
+    assert D.sample_consistency_timesteps(torch.full((4,), 50.0, device=device), g).device.type == device
+    sig = torch.full((4,), 0.7, device=device)
+    assert D.ac_fake_loss(x, real, torch.zeros(4, device=device), sig, fake).device.type == device
+    assert D.subgrpo_advantages(torch.randn(4, 2, generator=g).to(device), [1.0, 1.0], gid).device.type == device
+    assert D.gndm_pathwise_gradient(x, real, fake, gid, torch.zeros(4, device=device), 0.5).device.type == device
+    assert D.GNDMRWeights(2).combine(torch.ones(4, 2, device=device)).device.type == device
+    t, eps = D.group_shared_draws(gid, (2,), g)
+    assert t.device.type == "cpu" and eps.shape == (4, 2)
