@@ -52,9 +52,11 @@ def power_spectrum(wave: torch.Tensor, sample_rate: int) -> Tuple[torch.Tensor, 
     return power, freqs
 
 
-def _band(freqs: torch.Tensor, f: float, cents: float) -> torch.Tensor:
+def _bands(freqs: torch.Tensor, centres: Sequence[float], cents: float) -> torch.Tensor:
+    """(len(centres), F) masks of the bins within ±cents of each centre frequency."""
     r = 2.0 ** (cents / 1200.0)
-    return (freqs >= f / r) & (freqs <= f * r)
+    c = torch.tensor(list(centres), dtype=freqs.dtype, device=freqs.device)[:, None]
+    return (freqs[None] >= c / r) & (freqs[None] <= c * r)
 
 
 def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]], sample_rate: int = SAMPLE_RATE,
@@ -72,18 +74,13 @@ def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Seque
             out.append(torch.full((), float("nan"), device=wave.device))
             continue
         f0s = [midi_to_hz(m) for m in midis]
-        harm = torch.zeros_like(in_range)
-        for f in f0s:
-            for h in range(1, max_harmonic + 1):
-                if h * f <= f_max:
-                    harm |= _band(freqs, h * f, tolerance_cents)
+        harm = _bands(freqs, [h * f for f in f0s for h in range(1, max_harmonic + 1) if h * f <= f_max], tolerance_cents)
         tot = total[i]
         ok = tot > 1e-20
         safe = torch.where(ok, tot, torch.ones_like(tot))
-        explained = (power[i] * (harm & in_range)).sum() / safe
-        share = presence * safe / len(f0s)
-        present = torch.stack([torch.clamp((power[i] * _band(freqs, f, tolerance_cents)).sum() / share, max=1.0)
-                               for f in f0s]).mean()
+        explained = (power[i] * (harm.any(0) & in_range)).sum() / safe
+        fund = (_bands(freqs, f0s, tolerance_cents).to(power.dtype) * power[i]).sum(-1)  # (K,)
+        present = torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean()
         out.append(torch.where(ok, explained * present, torch.zeros_like(tot)))
     return torch.stack(out)
 
