@@ -4,7 +4,7 @@
     python scripts/build_tones_assets.py                      # -> assets/tones/ (about a minute on 1 core)
     python scripts/build_tones_assets.py --out /tmp/tones --seed 1 --steps 300
 
-Deterministic given --seed and --threads (and the torch version). See genalign/tones/build.py for every choice.
+Deterministic given --seed and --threads (and the torch version): the stored tensors are identical. See genalign/tones/build.py for every choice.
 """
 
 import argparse
