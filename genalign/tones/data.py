@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import GenalignError, choices
@@ -232,16 +233,19 @@ def envelope(articulation: str, length: int, onset: float, hold_scale: float = 1
     """Amplitude envelope (L,) float64: 0 before ``onset`` s, linear attack, hold, exponential release."""
     attack, hold, release = ENVELOPES[articulation]
     hold = hold * hold_scale
-    t = torch.arange(length, dtype=torch.float64) / sample_rate - onset
-    env = torch.clamp(t / attack, 0.0, 1.0)
+    t = np.arange(length, dtype=np.float64) / sample_rate - onset
+    env = np.clip(t / attack, 0.0, 1.0)
     after = t - (attack + hold)
-    env = torch.where(after > 0, torch.exp(-after.clamp(min=0) / release), env)
-    return torch.where(t < 0, torch.zeros_like(env), env)
+    env = np.where(after > 0, np.exp(-np.clip(after, 0.0, None) / release), env)
+    return torch.from_numpy(np.where(t < 0, 0.0, env))
 
 
 def synthesize(label: ToneLabel, generator: torch.Generator, length: int = CLIP_LEN,
                sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """One clip (L,) float32 in [-1, 1] drawn with ``generator`` (the per-clip variation in the module doc)."""
+    """One clip (L,) float32 in [-1, 1] drawn with ``generator`` (the per-clip variation in the module doc).
+
+    The signal maths runs in numpy (single-threaded): torch's intra-op threads made these small element-wise
+    ops (exp, sin on 8,000 samples) 20× slower on a busy shared CPU."""
 
     def u(lo, hi, n=1):
         return (lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)).tolist()
@@ -257,10 +261,11 @@ def synthesize(label: ToneLabel, generator: torch.Generator, length: int = CLIP_
         for k, a in partials(label.timbre, f0, sample_rate):
             freqs.append(k * f0)
             amps.append(g * a)
-    phases = 2 * math.pi * torch.rand(len(freqs), generator=generator, dtype=torch.float64)
-    t = torch.arange(length, dtype=torch.float64) / sample_rate
-    f = torch.tensor(freqs, dtype=torch.float64)
-    x = torch.tensor(amps, dtype=torch.float64) @ torch.sin(2 * math.pi * f[:, None] * t[None] + phases[:, None])
+    phases = 2 * math.pi * torch.rand(len(freqs), generator=generator, dtype=torch.float64).numpy()
+    t = np.arange(length, dtype=np.float64) / sample_rate
+    f = np.asarray(freqs, dtype=np.float64)
+    x = (np.asarray(amps)[:, None] * np.sin(2 * math.pi * f[:, None] * t[None] + phases[:, None])).sum(0)
+    x = torch.from_numpy(x)
     x = x * envelope(label.articulation, length, onset, hold_scale, sample_rate)
     x = x / x.abs().max().clamp(min=1e-12) * level
     x = x + 1e-3 * torch.randn(length, generator=generator, dtype=torch.float64)
