@@ -91,6 +91,7 @@ REWARDS = Registry(
         "genalign.rewards.distributional",
         "genalign.rewards.remote",
         "genalign.toy.rewards",
+        "genalign.tones.rewards",
         "genalign.gui.rewards",
     ],
 )

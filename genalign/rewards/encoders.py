@@ -24,7 +24,8 @@ from ..errors import ConfigError, GenalignError
 from ..registry import Registry
 from .clip import IMAGENET_MEAN, IMAGENET_STD, HFClip, check_images, load_pretrained, preprocess_from_config
 
-ENCODERS = Registry("encoder", modules=["genalign.rewards.encoders", "genalign.toy.encoders"])
+ENCODERS = Registry("encoder", modules=["genalign.rewards.encoders", "genalign.toy.encoders",
+                                        "genalign.tones.encoders"])
 
 
 class Encoder:

@@ -4,6 +4,7 @@ takes. Tokenizers are built offline (CLIP BPE from open_clip's merges file; FLUX
 Unigram model trained here with the ``tokenizers`` library).
 
     build_tiny_sd3(dir)   build_tiny_flux(dir)   build_tiny_sd15(dir[, prediction_type])   build_tiny_sdxl(dir)
+    build_tiny_stable_audio(dir)   (text-to-audio: waveforms (N, 2, L))
 
 Each writes a diffusers pipeline folder into ``dir`` (32×32-pixel samples; 1–2 layers, 8–32 channels) and
 returns ``dir``.
@@ -170,5 +171,42 @@ def build_tiny_sdxl(out_dir: str, seed: int = 0) -> str:
                                      text_encoder_2=_clip_text(32, True, seed=seed + 1), tokenizer=tok,
                                      tokenizer_2=tok, unet=_unet(64, seed, sdxl=True), scheduler=_ddim(),
                                      add_watermarker=False)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- Stable Audio
+def build_tiny_stable_audio(out_dir: str, seed: int = 0) -> str:
+    """Stable-Audio-Open-shaped ``StableAudioPipeline`` from the component configs of diffusers' own pipeline test
+    (METHODS.md §14): ``StableAudioDiTModel`` (2 layers, 3 latent channels), ``AutoencoderOobleck`` (stereo,
+    hop 2, ``sampling_rate`` 4), ``StableAudioProjectionModel``, a 1-layer ``T5EncoderModel`` with the offline
+    Unigram T5 tokenizer, and the released checkpoint's scheduler, ``CosineDPMSolverMultistepScheduler``
+    (v-prediction, exponential σ schedule; importable only with ``torchsde`` installed)."""
+    from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioPipeline
+    from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+
+    try:
+        from diffusers import CosineDPMSolverMultistepScheduler
+
+        scheduler = CosineDPMSolverMultistepScheduler(solver_order=2, prediction_type="v_prediction", sigma_data=1.0,
+                                                      sigma_schedule="exponential")
+    except ImportError as e:  # diffusers exposes a dummy class that raises when torchsde is missing
+        from ..errors import GenalignError
+
+        raise GenalignError(f"the Stable Audio scheduler needs torchsde: pip install torchsde ({e})") from None
+    tok = build_t5_tokenizer(os.path.join(out_dir, "_tok"))
+    torch.manual_seed(seed)
+    transformer = StableAudioDiTModel(sample_size=4, in_channels=3, num_layers=2, attention_head_dim=4,
+                                      num_key_value_attention_heads=2, out_channels=3, cross_attention_dim=4,
+                                      time_proj_dim=8, global_states_input_dim=8, cross_attention_input_dim=4)
+    torch.manual_seed(seed)
+    vae = AutoencoderOobleck(encoder_hidden_size=6, downsampling_ratios=[1, 2], decoder_channels=3,
+                             decoder_input_channels=3, audio_channels=2, channel_multiples=[2, 4], sampling_rate=4)
+    text_encoder = _t5_encoder(len(tok), 32, seed=seed)
+    torch.manual_seed(seed)
+    projection = StableAudioProjectionModel(text_encoder_dim=text_encoder.config.d_model, conditioning_dim=4,
+                                            min_value=0, max_value=32)
+    pipe = StableAudioPipeline(vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tok,
+                               transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
