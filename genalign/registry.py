@@ -89,6 +89,7 @@ REWARDS = Registry(
         "genalign.rewards.clip",
         "genalign.rewards.zoo",
         "genalign.rewards.distributional",
+        "genalign.rewards.adversarial",
         "genalign.rewards.remote",
         "genalign.toy.rewards",
         "genalign.gui.rewards",
