@@ -113,7 +113,7 @@ class ClipTokens(TokenEncoder):
 
     def _tokens(self, images):
         self._load()
-        vm = self.model.vision_model
+        vm = getattr(self.model, "vision_model", self.model)  # transformers < 5 wraps the tower, 5 does not
         out = vm(pixel_values=self.preprocess(images.float()).to(self.dtype))
         return vm.post_layernorm(out.last_hidden_state)
 
