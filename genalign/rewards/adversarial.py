@@ -101,8 +101,72 @@ def _bad(name: str, value, valid) -> ConfigError:
     return ConfigError(f"reward 'adversarial': {name} is '{value}'; valid choices: {', '.join(valid)}")
 
 
+class ScheduledReward(LearnableReward):
+    """The schedules and the decision state shared by the adversarial rewards (one trained part, ``self.part``).
+
+    ``update_when: always`` — ``disc_steps_per_gen`` k > 0: k part-only (exclusive) iterations, then a generator
+    iteration (on which the part also steps when ``disc_on_gen_iterations``); k = 0: the part steps next to the
+    generator every iteration. ``refs_below_gens`` — the part trains (and the generator skips) whenever the last
+    scored batch had mean R(references) < mean R(generations), or before any were scored.
+    """
+
+    part = PART
+
+    def _init_schedule(self, disc_steps_per_gen: int, disc_on_gen_iterations: bool, update_when: str) -> None:
+        if update_when not in UPDATE_WHEN:
+            raise _bad("update_when", update_when, UPDATE_WHEN)
+        if int(disc_steps_per_gen) != disc_steps_per_gen or disc_steps_per_gen < 0:
+            raise ConfigError(f"reward '{self.registry_name}': disc_steps_per_gen must be an integer >= 0, "
+                              f"got {disc_steps_per_gen}")
+        self.k, self.disc_on_gen, self.update_when = int(disc_steps_per_gen), bool(disc_on_gen_iterations), update_when
+        # the decision must be the same on every process: score the gathered batch
+        self.scope = "group" if update_when == "refs_below_gens" else "sample"
+        self.iteration, self._calls = 0, 0
+        self._last: Optional[Tuple[float, float]] = None  # (mean R(ref), mean R(gen)) of the last scored batch
+
+    def phases(self, iteration: int) -> List[Any]:
+        from ..core.phases import Phase
+
+        self.iteration = int(iteration)
+        solo = Phase((self.part,), needs=frozenset({"rollout"}), exclusive=True)
+        if self.update_when == "refs_below_gens":
+            return [solo] if self._last is None or self._last[0] < self._last[1] else []
+        if self.k == 0:
+            return [Phase((self.part,), needs=frozenset({"rollout"}))]
+        if iteration % (self.k + 1) != self.k:
+            return [solo]
+        return [Phase((self.part,), needs=frozenset({"rollout"}))] if self.disc_on_gen else []
+
+    def _unit_generator(self, view) -> torch.Generator:
+        """A generator for one loss unit: (run seed, iteration, rank, unit count within the iteration)."""
+        if int(view.iteration) != self.iteration:
+            self.iteration, self._calls = int(view.iteration), 0
+        self._calls += 1
+        return torch.Generator().manual_seed(view.seed(_TRAIN, view.rank, self._calls))
+
+    def _record(self, view, ref_scores: torch.Tensor, gen_scores: torch.Tensor) -> None:
+        """Keep the all-reduced means of a training unit's scores for the ``refs_below_gens`` decision."""
+        if self.update_when != "refs_below_gens":
+            return
+        s = torch.tensor([float(ref_scores.double().sum()), len(ref_scores), float(gen_scores.double().sum()),
+                          len(gen_scores)], dtype=torch.float64, device=view.device)
+        s = view.all_reduce(s, "sum").cpu()
+        self._last = (float(s[0] / s[1]), float(s[2] / s[3]))
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        last = self._last if self._last is not None else (float("nan"), float("nan"))
+        return {"iteration": torch.tensor(self.iteration, dtype=torch.long),
+                "calls": torch.tensor(self._calls, dtype=torch.long),
+                "has_last": torch.tensor(self._last is not None),
+                "last_means": torch.tensor(last, dtype=torch.float64)}
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        self.iteration, self._calls = int(sd["iteration"]), int(sd["calls"])
+        self._last = tuple(float(v) for v in sd["last_means"]) if bool(sd["has_last"]) else None
+
+
 @REWARDS.register("adversarial")
-class AdversarialReward(LearnableReward):
+class AdversarialReward(ScheduledReward):
     """The image as its own reward: a discriminator on frozen encoder tokens, trained against references.
 
     Args:
@@ -132,11 +196,9 @@ class AdversarialReward(LearnableReward):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
-        if update_when not in UPDATE_WHEN:
-            raise _bad("update_when", update_when, UPDATE_WHEN)
+        self._init_schedule(disc_steps_per_gen, disc_on_gen_iterations, update_when)
         for name, v, lo in (("num_patches", num_patches, 1), ("refs_per_prompt", refs_per_prompt, 1),
-                            ("hidden", hidden, 1), ("disc_steps_per_gen", disc_steps_per_gen, 0),
-                            ("refs_per_step", 1 if refs_per_step is None else refs_per_step, 1)):
+                            ("hidden", hidden, 1), ("refs_per_step", 1 if refs_per_step is None else refs_per_step, 1)):
             if int(v) != v or v < lo:
                 raise ConfigError(f"reward 'adversarial': {name} must be an integer >= {lo}, got {v}")
         if not 0.0 <= cls_weight <= 1.0 or patch_loss_weight < 0:
@@ -156,12 +218,8 @@ class AdversarialReward(LearnableReward):
         self.reward_norm = feature_norm != "raw"
         self.optim = dict(lr=float(lr), betas=tuple(float(b) for b in betas), weight_decay=float(weight_decay),
                           max_grad_norm=max_grad_norm)
-        self.k, self.disc_on_gen = int(disc_steps_per_gen), bool(disc_on_gen_iterations)
-        self.update_when, self.seed = update_when, int(seed)
-        self.scope = "group" if update_when == "refs_below_gens" else "sample"
+        self.seed = int(seed)
         self.head: Optional[DiscriminatorHead] = None
-        self.iteration, self._calls = 0, 0
-        self._last: Optional[Tuple[float, float]] = None  # (mean R(ref), mean R(gen)) of the last scored batch
 
     # ------------------------------------------------------------------------------------------ the part
     def to(self, device):
@@ -189,19 +247,6 @@ class AdversarialReward(LearnableReward):
         o = self.optim
         return {PART: PartSpec(self._ensure_head(), lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"],
                                max_grad_norm=o["max_grad_norm"])}
-
-    def phases(self, iteration: int) -> List[Any]:
-        from ..core.phases import Phase
-
-        self.iteration = int(iteration)
-        solo = Phase((PART,), needs=frozenset({"rollout"}), exclusive=True)
-        if self.update_when == "refs_below_gens":
-            return [solo] if self._last is None or self._last[0] < self._last[1] else []
-        if self.k == 0:
-            return [Phase((PART,), needs=frozenset({"rollout"}))]
-        if iteration % (self.k + 1) != self.k:
-            return [solo]
-        return [Phase((PART,), needs=frozenset({"rollout"}))] if self.disc_on_gen else []
 
     # ------------------------------------------------------------------------------------------ scoring
     def _prep(self, x: torch.Tensor, normalise: bool) -> torch.Tensor:
@@ -232,23 +277,14 @@ class AdversarialReward(LearnableReward):
     def losses(self, view, batch, items) -> Iterator[Tuple[torch.Tensor, Dict[str, float]]]:
         ro = batch.rollout
         idx = torch.as_tensor(items, dtype=torch.long).flatten().tolist()
-        if int(view.iteration) != self.iteration:
-            self.iteration, self._calls = int(view.iteration), 0
-        self._calls += 1
-        g = torch.Generator().manual_seed(view.seed(_TRAIN, view.rank, self._calls))
+        g = self._unit_generator(view)
         prompts = [ro.prompts[i] for i in idx]
         meta = [ro.metadata[i] for i in idx] if getattr(ro, "metadata", None) else None
         ref_c, ref_p = self.references.draw(g, self.refs_per_step or len(idx), prompts, meta, self.refs_per_prompt)
         gen_c, gen_p = self.encoder.tokens(ro.samples[idx])
         loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, g, view.device)
         out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, g))
-        if self.update_when == "refs_below_gens":
-            s = torch.tensor([out.pop("_ref_sum"), len(ref_c), out.pop("_gen_sum"), len(gen_c)], dtype=torch.float64,
-                             device=view.device)
-            s = view.all_reduce(s, "sum").cpu()
-            self._last = (float(s[0] / s[1]), float(s[2] / s[3]))
-        else:
-            out.pop("_ref_sum"), out.pop("_gen_sum")
+        self._record(view, out.pop("_r_ref"), out.pop("_r_gen"))
         yield loss, out
 
     def discriminator_loss(self, head: nn.Module, ref_c, ref_p, gen_c, gen_p, generator: torch.Generator,
@@ -278,7 +314,7 @@ class AdversarialReward(LearnableReward):
         r_gen = self._reward(gen_c, gen_p if ref_p is not None else None, generator)
         out = {"disc/reward_gap": float(r_ref.mean() - r_gen.mean()), "disc/reward_ref": float(r_ref.mean()),
                "disc/reward_gen": float(r_gen.mean()),
-               "_ref_sum": float(r_ref.double().sum()), "_gen_sum": float(r_gen.double().sum())}
+               "_r_ref": r_ref, "_r_gen": r_gen}
         if len(ref_c) >= 2 and len(gen_c) >= 2:
             out["disc/fd"] = float(stats.frechet_distance(gen_c, ref_c))
         return out
@@ -293,15 +329,3 @@ class AdversarialReward(LearnableReward):
         _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, g)
         out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, g))
         return {k: v for k, v in out.items() if not k.startswith("_")}
-
-    # ------------------------------------------------------------------------------------------ state
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        last = self._last if self._last is not None else (float("nan"), float("nan"))
-        return {"iteration": torch.tensor(self.iteration, dtype=torch.long),
-                "calls": torch.tensor(self._calls, dtype=torch.long),
-                "has_last": torch.tensor(self._last is not None),
-                "last_means": torch.tensor(last, dtype=torch.float64)}
-
-    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
-        self.iteration, self._calls = int(sd["iteration"]), int(sd["calls"])
-        self._last = tuple(float(v) for v in sd["last_means"]) if bool(sd["has_last"]) else None
