@@ -90,6 +90,7 @@ REWARDS = Registry(
         "genalign.rewards.zoo",
         "genalign.rewards.distributional",
         "genalign.rewards.adversarial",
+        "genalign.rewards.adversarial_pickscore",
         "genalign.rewards.remote",
         "genalign.toy.rewards",
         "genalign.gui.rewards",

@@ -30,7 +30,7 @@ Schedules (:meth:`AdversarialReward.phases`):
   ``group`` (the trainer scores it on the gathered batch). Before any scores exist, D trains.
 
 The PickScore-style variant itself (a preference model with its last vision block trainable, pairwise
-cross-entropy at lr 5e-6) is **not** implemented here.
+cross-entropy at lr 5e-6) is ``adversarial_pickscore`` (:mod:`genalign.rewards.adversarial_pickscore`).
 
 Monitors (stats of every discriminator step, and :meth:`AdversarialReward.monitors` for evaluation):
 ``disc/acc_ref`` and ``disc/acc_gen`` (fraction of class tokens on the right side of 0), ``disc/acc``,

@@ -283,6 +283,20 @@ class References:
             return self.cls[idx], None if self.patches is None else self.patches[idx]
         return self._encode([self.files[i] for i in idx.tolist()])
 
+    def paired_images(self, generator: torch.Generator, prompts: Sequence[str],
+                      metadata: Optional[Sequence[dict]] = None) -> torch.Tensor:
+        """One reference image per sample, aligned with ``prompts``: from the sample's own set (its metadata's
+        ``references`` or its prompt's) for per-prompt references, else drawn from the whole folder."""
+        if self.kind == "embeddings":
+            raise GenalignError(f"reference '{self.source}' holds pre-computed tokens; this reward needs images "
+                                f"(an image folder or a .jsonl of prompt references)")
+        if self.kind == "images" and not any("references" in (m or {}) for m in (metadata or [])):
+            return _load_images([self.files[i] for i in _pick(generator, len(self.files), len(prompts)).tolist()])
+        files = []
+        for i, p in enumerate(prompts):
+            files += self._per_prompt_files(generator, [p], None if metadata is None else metadata[i:i + 1], 1)
+        return _load_images(files)
+
     def _per_prompt_files(self, generator, prompts, metadata, per_prompt) -> List[str]:
         sets: Dict[str, List[str]] = {}
         for i, p in enumerate(prompts):
