@@ -75,11 +75,25 @@ def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
-def sample_patches(patches: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, P, D) -> (B, min(n, P), D): patch tokens drawn with replacement, separately for every image."""
+def sample_patches(patches: torch.Tensor, n: int, generator) -> torch.Tensor:
+    """(B, P, D) -> (B, min(n, P), D): patch tokens drawn with replacement, separately for every image; ``generator``
+    is one ``torch.Generator`` for the batch or a list with one per image (then a draw depends on its image only)."""
     b, p, d = patches.shape
-    idx = torch.randint(0, p, (b, min(int(n), p)), generator=generator)
+    k = min(int(n), p)
+    if isinstance(generator, (list, tuple)):
+        idx = torch.stack([torch.randint(0, p, (k,), generator=g) for g in generator]) if b else \
+            torch.zeros(0, k, dtype=torch.long)
+    else:
+        idx = torch.randint(0, p, (b, k), generator=generator)
     return torch.gather(patches, 1, idx.to(patches.device)[..., None].expand(-1, -1, d))
+
+
+def content_seed(image: torch.Tensor) -> int:
+    """A seed from an image's bytes: scoring draws depend on the image, not on its place in a batch."""
+    import hashlib
+
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:7], "little")
 
 
 def hinge_loss(d_ref_cls: torch.Tensor, d_gen_cls: torch.Tensor, d_ref_patch: Optional[torch.Tensor] = None,
@@ -137,12 +151,21 @@ class ScheduledReward(LearnableReward):
             return [solo]
         return [Phase((self.part,), needs=frozenset({"rollout"}))] if self.disc_on_gen else []
 
-    def _unit_generator(self, view) -> torch.Generator:
-        """A generator for one loss unit: (run seed, iteration, rank, unit count within the iteration)."""
-        if int(view.iteration) != self.iteration:
-            self.iteration, self._calls = int(view.iteration), 0
+    def _sample_generators(self, view, rollout, idx: Sequence[int]) -> List[torch.Generator]:
+        """One generator per sample of a loss unit, from the sample's own seed (``rollout.seeds``: global and
+        independent of how the batch is split across processes) and how often it was visited this iteration —
+        so a 2-process run draws what a 1-process run draws."""
+        if int(view.iteration) != self.iteration or not hasattr(self, "_visits"):
+            self.iteration, self._calls, self._visits = int(view.iteration), 0, {}
         self._calls += 1
-        return torch.Generator().manual_seed(view.seed(_TRAIN, view.rank, self._calls))
+        seeds = getattr(rollout, "seeds", None)
+        out = []
+        for i in idx:
+            sd = int(seeds[i]) if seeds else derive_seed(view.seed(_TRAIN), view.rank, i)
+            visit = self._visits.get(sd, 0)
+            self._visits[sd] = visit + 1
+            out.append(torch.Generator().manual_seed(derive_seed(sd, visit, _TRAIN)))
+        return out
 
     def _record(self, view, ref_scores: torch.Tensor, gen_scores: torch.Tensor) -> None:
         """Keep the all-reduced means of a training unit's scores for the ``refs_below_gens`` decision."""
@@ -174,21 +197,22 @@ class AdversarialReward(ScheduledReward):
             (``model``, ``image_size``, ``dtype``).
         reference: an image folder, a ``.safetensors`` token file, or a ``.jsonl`` of ``{prompt, references}``
             (``reference_kind`` forces one: images, embeddings, per_prompt).
-        refs_per_step: references per discriminator step drawn from a whole set (default: as many as generations).
-        refs_per_prompt: references per distinct prompt for per-prompt sets (reference: 8).
+        refs_per_sample: references drawn for every generated sample in a discriminator step (1), from its
+            metadata's ``references``, else its prompt's set, else the whole reference set.
         num_patches: patch tokens per image (64). cls_weight: w (0.7). patch_loss_weight: λ (0.3).
         hidden: head width (512). feature_norm: reference | normalized | raw (see the module docstring).
         lr, betas, weight_decay, max_grad_norm: the part's optimiser defaults (Adam, 1e-4, (0.5, 0.999), 0, none).
         disc_steps_per_gen: k discriminator-only iterations per generator iteration (reference 9; 0 = together).
         disc_on_gen_iterations: also step D on the generator's iterations (k > 0 only).
-        update_when: always | refs_below_gens. seed: seeds the head's initialisation and the scoring draws.
+        update_when: always | refs_below_gens. seed: seeds the head's initialisation and the scoring draws
+            (a scored image's patch draw depends on (seed, iteration, the image's bytes) only).
     """
 
     modality = "image"
     differentiable = False
 
     def __init__(self, encoder: Any = "dinov2", reference: Any = None, encoder_args: Optional[dict] = None,
-                 reference_kind: str = "auto", refs_per_step: Optional[int] = None, refs_per_prompt: int = 8,
+                 reference_kind: str = "auto", refs_per_sample: int = 1,
                  num_patches: int = 64, cls_weight: float = 0.7, patch_loss_weight: float = 0.3, hidden: int = 512,
                  feature_norm: str = "reference", lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, disc_steps_per_gen: int = 9,
@@ -197,8 +221,8 @@ class AdversarialReward(ScheduledReward):
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
         self._init_schedule(disc_steps_per_gen, disc_on_gen_iterations, update_when)
-        for name, v, lo in (("num_patches", num_patches, 1), ("refs_per_prompt", refs_per_prompt, 1),
-                            ("hidden", hidden, 1), ("refs_per_step", 1 if refs_per_step is None else refs_per_step, 1)):
+        for name, v, lo in (("num_patches", num_patches, 1), ("refs_per_sample", refs_per_sample, 1),
+                            ("hidden", hidden, 1)):
             if int(v) != v or v < lo:
                 raise ConfigError(f"reward 'adversarial': {name} must be an integer >= {lo}, got {v}")
         if not 0.0 <= cls_weight <= 1.0 or patch_loss_weight < 0:
@@ -211,8 +235,7 @@ class AdversarialReward(ScheduledReward):
         if not self.references.has_patches and (cls_weight < 1 or patch_loss_weight > 0):
             raise ConfigError(f"reward 'adversarial': reference file '{reference}' has no 'patches' tensor; write one "
                               f"with save_reference_tokens, or set cls_weight: 1 and patch_loss_weight: 0")
-        self.refs_per_step = refs_per_step
-        self.refs_per_prompt, self.num_patches, self.hidden = int(refs_per_prompt), int(num_patches), int(hidden)
+        self.refs_per_sample, self.num_patches, self.hidden = int(refs_per_sample), int(num_patches), int(hidden)
         self.cls_weight, self.patch_loss_weight = float(cls_weight), float(patch_loss_weight)
         self.train_norm = feature_norm == "normalized"
         self.reward_norm = feature_norm != "raw"
@@ -253,7 +276,7 @@ class AdversarialReward(ScheduledReward):
         return l2_normalise(x) if normalise else x
 
     @torch.no_grad()
-    def _reward(self, cls: torch.Tensor, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _reward(self, cls: torch.Tensor, patches: Optional[torch.Tensor], generator) -> torch.Tensor:
         """R for tokens (B, D), (B, P, D) under the reward convention, with the unwrapped head."""
         head = self._ensure_head()
         dev = next(head.parameters()).device
@@ -265,11 +288,11 @@ class AdversarialReward(ScheduledReward):
 
     def score(self, samples, prompts, metadata):
         cls, patches = self.encoder.tokens(samples)
-        r = self._reward(cls, patches, torch_generator(self.seed, self.iteration, _SCORE))
+        gens = [torch_generator(self.seed, self.iteration, _SCORE, content_seed(x)) for x in samples]
+        r = self._reward(cls, patches, gens)
         if self.update_when == "refs_below_gens":
             g = torch_generator(self.seed, self.iteration, _DECIDE)  # the same on every process
-            rc, rp = self.references.draw(g, self.refs_per_step or len(prompts), prompts, metadata,
-                                          self.refs_per_prompt)
+            rc, rp = self.references.tokens_of(self.references.pick_all(g, self.refs_per_sample, prompts, metadata))
             self._last = (float(self._reward(rc, rp, g).double().mean()), float(r.double().mean()))
         return r.cpu()
 
@@ -277,26 +300,28 @@ class AdversarialReward(ScheduledReward):
     def losses(self, view, batch, items) -> Iterator[Tuple[torch.Tensor, Dict[str, float]]]:
         ro = batch.rollout
         idx = torch.as_tensor(items, dtype=torch.long).flatten().tolist()
-        g = self._unit_generator(view)
-        prompts = [ro.prompts[i] for i in idx]
+        gens = self._sample_generators(view, ro, idx)
         meta = [ro.metadata[i] for i in idx] if getattr(ro, "metadata", None) else None
-        ref_c, ref_p = self.references.draw(g, self.refs_per_step or len(idx), prompts, meta, self.refs_per_prompt)
+        keys = self.references.pick_all(gens, self.refs_per_sample, [ro.prompts[i] for i in idx], meta)
+        ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]  # a reference's patches: its sample's
+        ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(ro.samples[idx])
-        loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, g, view.device)
-        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, g))
+        loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, view.device)
+        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens))
         self._record(view, out.pop("_r_ref"), out.pop("_r_gen"))
         yield loss, out
 
-    def discriminator_loss(self, head: nn.Module, ref_c, ref_p, gen_c, gen_p, generator: torch.Generator,
+    def discriminator_loss(self, head: nn.Module, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator,
                            device=None) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The hinge loss of ``head`` on one reference batch and one generation batch (tokens), with the patch
-        draws from ``generator``; one forward through ``head`` (so distributed hooks fire once)."""
+        draws from the generators (see :func:`sample_patches`); one forward through ``head`` (so distributed hooks
+        fire once)."""
         device = device if device is not None else next(head.parameters()).device
         use_patches = self.patch_loss_weight > 0 and ref_p is not None
         rows = [ref_c, gen_c]
         if use_patches:
-            rows += [sample_patches(ref_p, self.num_patches, generator).flatten(0, 1),
-                     sample_patches(gen_p, self.num_patches, generator).flatten(0, 1)]
+            rows += [sample_patches(ref_p, self.num_patches, ref_generator).flatten(0, 1),
+                     sample_patches(gen_p, self.num_patches, gen_generator).flatten(0, 1)]
         sizes = [r.shape[0] for r in rows]
         d = head(self._prep(torch.cat(rows).to(device).float(), self.train_norm))
         parts = torch.split(d, sizes)
@@ -309,9 +334,9 @@ class AdversarialReward(ScheduledReward):
                       "disc/acc": (acc_ref * n_r + acc_gen * n_g) / (n_r + n_g)}
 
     @torch.no_grad()
-    def _monitor(self, ref_c, ref_p, gen_c, gen_p, generator) -> Dict[str, float]:
-        r_ref = self._reward(ref_c, ref_p, generator)
-        r_gen = self._reward(gen_c, gen_p if ref_p is not None else None, generator)
+    def _monitor(self, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator) -> Dict[str, float]:
+        r_ref = self._reward(ref_c, ref_p, ref_generator)
+        r_gen = self._reward(gen_c, gen_p if ref_p is not None else None, gen_generator)
         out = {"disc/reward_gap": float(r_ref.mean() - r_gen.mean()), "disc/reward_ref": float(r_ref.mean()),
                "disc/reward_gen": float(r_gen.mean()),
                "_r_ref": r_ref, "_r_gen": r_gen}
@@ -320,12 +345,14 @@ class AdversarialReward(ScheduledReward):
         return out
 
     @torch.no_grad()
-    def monitors(self, samples: torch.Tensor, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None,
-                 n_refs: Optional[int] = None) -> Dict[str, float]:
-        """Accuracy, reward gap and FD of ``samples`` against a seeded reference draw (for evaluation)."""
-        g = torch_generator(self.seed, self.iteration, _MONITOR)
-        ref_c, ref_p = self.references.draw(g, n_refs or len(prompts), prompts, metadata, self.refs_per_prompt)
+    def monitors(self, samples: torch.Tensor, prompts: Sequence[str],
+                 metadata: Optional[Sequence[dict]] = None) -> Dict[str, float]:
+        """Accuracy, reward gap and FD of ``samples`` against ``refs_per_sample`` references each (seeded draws)."""
+        gens = [torch_generator(self.seed, self.iteration, _MONITOR, content_seed(x)) for x in samples]
+        keys = self.references.pick_all(gens, self.refs_per_sample, prompts, metadata)
+        ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]
+        ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(samples)
-        _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, g)
-        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, g))
+        _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, ref_gens, gens)
+        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens))
         return {k: v for k, v in out.items() if not k.startswith("_")}

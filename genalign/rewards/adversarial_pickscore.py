@@ -10,7 +10,8 @@ METHODS.md §7): a preference model trained during the run. Registered as ``adve
   without in-batch negatives), reference preferred (label 1), generation not (label 0), one pair per generated
   sample and its prompt: ``CE([R(ref), R(gen)], 0) = softplus(R(gen) − R(ref))`` on undivided scores.
 * Default schedule ``update_when: refs_below_gens``: the model trains, and the generator skips, whenever the last
-  scored batch had mean R(references) < mean R(generations) (see :class:`~genalign.rewards.adversarial.ScheduledReward`).
+  scored batch had mean R(references) < mean R(generations) (see
+  :class:`~genalign.rewards.adversarial.ScheduledReward`).
   Default lr 5e-6 as the reference; betas and weight decay are the run's (``train.parts.reward_model``
   overrides).
 * References: an image folder (paired at random) or a ``.jsonl`` of ``{prompt, references}`` (paired with a
@@ -140,7 +141,7 @@ class AdversarialPickScoreReward(ScheduledReward):
         r = self._scores(samples, prompts).float()
         if self.update_when == "refs_below_gens":
             g = torch_generator(self.seed, self.iteration, _DECIDE)  # the same on every process
-            refs = self.references.paired_images(g, prompts, metadata)
+            refs = self.references.images_of(self.references.pick_all(g, 1, prompts, metadata))
             self._last = (float(self._scores(refs, prompts).double().mean()), float(r.double().mean()))
         return (r / self.divide_by).cpu()
 
@@ -148,10 +149,10 @@ class AdversarialPickScoreReward(ScheduledReward):
     def losses(self, view, batch, items):
         ro = batch.rollout
         idx = torch.as_tensor(items, dtype=torch.long).flatten().tolist()
-        g = self._unit_generator(view)
+        gens = self._sample_generators(view, ro, idx)  # split-independent draws (the samples' own seeds)
         prompts = [ro.prompts[i] for i in idx]
         meta = [ro.metadata[i] for i in idx] if getattr(ro, "metadata", None) else None
-        refs = self.references.paired_images(g, prompts, meta)
+        refs = self.references.images_of(self.references.pick_all(gens, 1, prompts, meta))  # one pair per sample
         gens = ro.samples[idx].detach().float().cpu()
         h, w = gens.shape[-2:]
         if refs.shape[-2:] != (h, w):

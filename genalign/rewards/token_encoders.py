@@ -184,7 +184,8 @@ def _load_images(files: Sequence[str]) -> torch.Tensor:
 
 
 class References:
-    """Reference (positive) examples; :meth:`draw` returns tokens of a seeded random batch."""
+    """Reference (positive) examples: :meth:`pick` draws keys for one sample with its generator,
+    :meth:`tokens_of` / :meth:`images_of` turn keys into tokens / images."""
 
     def __init__(self, source, kind: str = "auto", encoder: Optional[TokenEncoder] = None):
         if kind not in REFERENCE_KINDS:
@@ -267,53 +268,50 @@ class References:
             return int(self.cls.shape[0])
         return len(self.files) if self.kind == "images" else sum(len(v) for v in self.by_prompt.values())
 
-    def _encode(self, files: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder.tokens(_load_images(files))
+    def pick(self, generator: torch.Generator, n: int, prompt: Optional[str] = None,
+             meta: Optional[dict] = None) -> list:
+        """Keys of ``n`` references for one sample (a random permutation of its pool, repeated when ``n`` exceeds
+        it): its metadata's ``references`` (image paths) when given, else its prompt's set (per-prompt
+        references), else the whole folder or token file (row indices)."""
+        refs = (meta or {}).get("references")
+        if refs is not None:
+            if self.kind == "embeddings":
+                raise GenalignError("metadata 'references' are image paths; they need an image reference source "
+                                    "(a folder or a .jsonl), not a token file")
+            pool = [str(r) for r in refs]
+        elif self.kind == "per_prompt":
+            if prompt not in self.by_prompt:
+                raise GenalignError(f"no references for prompt '{str(prompt)[:60]}' (neither in the reference file "
+                                    f"nor in its metadata['references'])")
+            pool = self.by_prompt[prompt]
+        elif self.kind == "images":
+            pool = self.files
+        else:
+            return _pick(generator, self.size, n).tolist()
+        if not pool:
+            raise GenalignError(f"empty metadata 'references' for prompt '{str(prompt)[:60]}'")
+        return [pool[i] for i in _pick(generator, len(pool), n).tolist()]
 
-    def draw(self, generator: torch.Generator, n: int, prompts: Optional[Sequence[str]] = None,
-             metadata: Optional[Sequence[dict]] = None, per_prompt: int = 8) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Tokens (cls (n', D), patches (n', P, D) or None) of a random reference batch: ``n`` drawn from the whole
-        set (without replacement while it lasts), or, for per-prompt references, ``per_prompt`` for each distinct
-        prompt among ``prompts`` (a sample's ``metadata['references']`` replacing its prompt's set)."""
-        if self.kind == "per_prompt" or any("references" in (m or {}) for m in (metadata or [])):
-            files = self._per_prompt_files(generator, prompts or [], metadata, per_prompt)
-            return self._encode(files)
-        idx = _pick(generator, self.size, n)
+    def tokens_of(self, keys: Sequence) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Tokens (cls (n, D), patches (n, P, D) or None) of picked references."""
         if self.kind == "embeddings":
+            idx = torch.as_tensor(list(keys), dtype=torch.long)
             return self.cls[idx], None if self.patches is None else self.patches[idx]
-        return self._encode([self.files[i] for i in idx.tolist()])
+        return self.encoder.tokens(_load_images(keys))
 
-    def paired_images(self, generator: torch.Generator, prompts: Sequence[str],
-                      metadata: Optional[Sequence[dict]] = None) -> torch.Tensor:
-        """One reference image per sample, aligned with ``prompts``: from the sample's own set (its metadata's
-        ``references`` or its prompt's) for per-prompt references, else drawn from the whole folder."""
+    def images_of(self, keys: Sequence) -> torch.Tensor:
         if self.kind == "embeddings":
             raise GenalignError(f"reference '{self.source}' holds pre-computed tokens; this reward needs images "
                                 f"(an image folder or a .jsonl of prompt references)")
-        if self.kind == "images" and not any("references" in (m or {}) for m in (metadata or [])):
-            return _load_images([self.files[i] for i in _pick(generator, len(self.files), len(prompts)).tolist()])
-        files = []
-        for i, p in enumerate(prompts):
-            files += self._per_prompt_files(generator, [p], None if metadata is None else metadata[i:i + 1], 1)
-        return _load_images(files)
+        return _load_images(keys)
 
-    def _per_prompt_files(self, generator, prompts, metadata, per_prompt) -> List[str]:
-        sets: Dict[str, List[str]] = {}
+    def pick_all(self, generators, n: int, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None) -> list:
+        """``n`` reference keys for every sample, sample i drawing with ``generators[i]`` (or one shared generator)."""
+        out = []
         for i, p in enumerate(prompts):
-            m = metadata[i] if metadata is not None and i < len(metadata) else None
-            refs = (m or {}).get("references")
-            if refs is not None:
-                sets.setdefault(f"{p}\0{refs}", [str(r) for r in refs])
-            elif p in self.by_prompt:
-                sets.setdefault(p, self.by_prompt[p])
-            else:
-                raise GenalignError(f"no references for prompt '{p[:60]}' (neither in the reference file nor in "
-                                    f"its metadata['references'])")
-        files = []
-        for key in sorted(sets):
-            pool = sets[key]
-            files += [pool[i] for i in _pick(generator, len(pool), per_prompt).tolist()]
-        return files
+            g = generators[i] if isinstance(generators, (list, tuple)) else generators
+            out += self.pick(g, n, p, metadata[i] if metadata else None)
+        return out
 
 
 def _pick(generator: torch.Generator, size: int, n: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch
 from genalign.core.phases import Batch, PartSpec
 from genalign.core.seeding import derive_seed
 from genalign.errors import ConfigError, GenalignError
-from genalign.rewards.adversarial import AdversarialReward, DiscriminatorHead, combine_scores, hinge_loss, sample_patches
+from genalign.rewards.adversarial import (AdversarialReward, DiscriminatorHead, combine_scores, hinge_loss,
+                                          sample_patches)
 from genalign.rewards.base import build_reward
 from genalign.rewards.encoders import encode_png
 from genalign.rewards.token_encoders import DigitTokens, References, build_token_encoder, save_reference_tokens
@@ -113,7 +114,7 @@ def test_discriminator_loss_and_reward_on_constructed_features(tmp_path, norm):
     d_rp, d_gp = (D(1 / (1 + 1e-6)), D(-1 / (1 + 1e-6))) if train_norm else (D(1.0), D(-1.0))
     want = 0.5 * (max(0, 1 - d_rc) + max(0, 1 + d_gc)) + 0.3 * 0.5 * (max(0, 1 - d_rp) + max(0, 1 + d_gp))
     g = torch.Generator().manual_seed(0)
-    loss, st = r.discriminator_loss(head, REF_C, REF_P, GEN_C, GEN_P, g)
+    loss, st = r.discriminator_loss(head, REF_C, REF_P, GEN_C, GEN_P, g, g)
     assert loss.item() == pytest.approx(want, abs=1e-5)
     assert st["disc/acc_ref"] == 1.0 and st["disc/acc_gen"] == 1.0
     # the reward on the references' own tokens
@@ -149,6 +150,8 @@ def test_scoring_reproducible_from_seed_and_iteration(tmp_path):
     r2 = AdversarialReward(encoder=PixelTokens(), reference=refs, num_patches=3, hidden=16)
     s1 = r1(x, ["p"] * 4)
     assert torch.equal(s1, r2(x, ["p"] * 4)) and torch.equal(s1, r1(x, ["p"] * 4))
+    flipped = r1(x.flip(0), ["p"] * 4)  # a score depends on its image, not on its place in the batch
+    assert torch.equal(flipped, s1.flip(0))
     r2.phases(1)  # a new iteration draws new patches
     assert not torch.equal(s1, r2(x, ["p"] * 4))
     r3 = AdversarialReward(encoder=PixelTokens(), reference=refs, num_patches=3, hidden=16, seed=1)
@@ -182,7 +185,7 @@ def test_losses_decrease_with_a_few_adam_steps(tmp_path):
     spec = r.parts()["discriminator"]
     assert isinstance(spec, PartSpec) and spec.lr == 1e-4 and spec.betas == (0.5, 0.999)
     opt = torch.optim.Adam(spec.module.parameters(), lr=1e-2, betas=spec.betas)  # a plain optimiser, as a test
-    rollout = SimpleNamespace(samples=pack(gen_c, gen_p), prompts=["p"] * 32, metadata=[])
+    rollout = SimpleNamespace(samples=pack(gen_c, gen_p), prompts=["p"] * 32, metadata=[], seeds=list(range(32)))
     seen = []
     for it in range(30):
         view = FakeView(spec.module, iteration=it)
@@ -271,6 +274,27 @@ def test_state_dict_round_trip_bit_identical(tmp_path):
     assert not torch.equal(a(x, ["p"] * 8), fresh(x, ["p"] * 8))
 
 
+def test_two_shards_average_to_the_whole_batch(tmp_path):
+    """Draws come from each sample's own seed, so the mean of two processes' gradients (what DDP applies, equal
+    shards) equals the 1-process gradient on the whole batch."""
+    (ref_c, ref_p), (gen_c, gen_p) = separable(8, 4)
+    refs = token_file(tmp_path, ref_c, ref_p)
+    x, seeds = pack(gen_c, gen_p), [derive_seed(9, i) for i in range(8)]
+
+    def grads(lo, hi):
+        r = AdversarialReward(encoder=PixelTokens(), reference=refs, hidden=16, num_patches=3)
+        head = r.parts()["discriminator"].module
+        ro = SimpleNamespace(samples=x[lo:hi], prompts=["p"] * (hi - lo), metadata=[], seeds=seeds[lo:hi])
+        (loss, _), = r.losses(FakeView(head, 2), Batch(iteration=2, rollout=ro), torch.arange(hi - lo))
+        loss.backward()
+        return [p.grad.clone() for p in head.parameters()]
+
+    whole, a, b = grads(0, 8), grads(0, 4), grads(4, 8)
+    for gw, ga, gb in zip(whole, a, b):
+        assert torch.allclose(gw, (ga + gb) / 2, atol=1e-6)
+    assert any(not torch.allclose(ga, gb) for ga, gb in zip(a, b))  # the shards do differ
+
+
 # ------------------------------------------------------------------------------------------ references
 
 
@@ -299,23 +323,31 @@ def test_digit_tokens_are_the_toy_fd_features_and_their_cells():
 
 
 def test_references_from_folder_embeddings_file_and_per_prompt(tmp_path):
+    from genalign.rewards.encoders import decode_image
+
     enc = DigitTokens()
     imgs = digit_images(6, 1)
     write_pngs(str(tmp_path / "folder"), imgs)
-    imgs8 = torch.stack([__import__("genalign.rewards.encoders", fromlist=["x"]).decode_image(encode_png(i)) for i in imgs])
+    imgs8 = torch.stack([decode_image(encode_png(i)) for i in imgs])  # what the folder holds (8-bit)
+    full_c, full_p = enc.tokens(imgs8)
+    idx = torch.randperm(6, generator=torch.Generator().manual_seed(0))[:4]
+
     folder = References(str(tmp_path / "folder"), encoder=enc)
     assert folder.kind == "images" and folder.size == 6
-    c, p = folder.draw(torch.Generator().manual_seed(0), 4)
-    c2, _ = folder.draw(torch.Generator().manual_seed(0), 4)
-    idx = torch.randperm(6, generator=torch.Generator().manual_seed(0))[:4]
-    assert torch.equal(c, c2) and torch.allclose(c, enc.tokens(imgs8[idx])[0], atol=1e-6) and p.shape == (4, 16, 64)
+    keys = folder.pick(torch.Generator().manual_seed(0), 4)
+    assert keys == folder.pick(torch.Generator().manual_seed(0), 4)  # seeded
+    assert keys == [os.path.join(str(tmp_path / "folder"), f"{i:02d}.png") for i in idx.tolist()]
+    c, p = folder.tokens_of(keys)
+    assert torch.allclose(c, full_c[idx], atol=1e-6) and p.shape == (4, 16, 64)
+    assert len(folder.pick(torch.Generator().manual_seed(0), 9)) == 9  # more than the pool: permutations repeat
 
     path = str(tmp_path / "tokens.safetensors")
     save_reference_tokens(enc, imgs8, path, batch_size=4)
     emb = References(path, encoder=enc)
-    assert emb.kind == "embeddings" and emb.has_patches
-    c, p = emb.draw(torch.Generator().manual_seed(0), 4)
-    full_c, full_p = enc.tokens(imgs8)
+    assert emb.kind == "embeddings" and emb.has_patches and emb.size == 6
+    keys = emb.pick(torch.Generator().manual_seed(0), 4)
+    assert keys == idx.tolist()
+    c, p = emb.tokens_of(keys)
     assert torch.allclose(c, full_c[idx], atol=1e-6) and torch.allclose(p, full_p[idx], atol=1e-6)
 
     write_pngs(str(tmp_path / "a"), imgs[:2])
@@ -325,16 +357,19 @@ def test_references_from_folder_embeddings_file_and_per_prompt(tmp_path):
                   + json.dumps({"prompt": "two", "references": ["b/00.png", "b/01.png", "b/02.png"]}) + "\n")
     per = References(str(jl), encoder=enc)
     assert per.kind == "per_prompt" and per.size == 5
-    c, _ = per.draw(torch.Generator().manual_seed(0), 99, ["one", "one"], per_prompt=2)
-    assert c.shape[0] == 2 and torch.allclose(c.sort(0).values, full_c[:2].sort(0).values, atol=1e-6)
-    c, _ = per.draw(torch.Generator().manual_seed(0), 99, ["two", "one"], per_prompt=1)
-    assert c.shape[0] == 2
+    keys = per.pick_all(torch.Generator().manual_seed(0), 2, ["one", "two"])
+    assert sorted(keys[:2]) == [str(tmp_path / "a" / "00.png"), str(tmp_path / "a" / "01.png")]
+    assert all(k.startswith(str(tmp_path / "b")) for k in keys[2:])
+    c, _ = per.tokens_of(keys[:2])
+    assert torch.allclose(c.sort(0).values, full_c[:2].sort(0).values, atol=1e-6)
     # a sample's metadata carries its own references
     meta = [{"references": [str(tmp_path / "b" / "02.png")]}]
-    c, _ = per.draw(torch.Generator().manual_seed(0), 99, ["unknown"], meta, per_prompt=3)
-    assert c.shape[0] == 3 and torch.allclose(c, full_c[4:5].expand(3, -1), atol=1e-6)
-    with pytest.raises(GenalignError, match="no references for prompt"):
-        per.draw(torch.Generator().manual_seed(0), 1, ["three"])
+    keys = per.pick_all(torch.Generator().manual_seed(0), 3, ["unknown"], meta)
+    assert torch.allclose(per.tokens_of(keys)[0], full_c[4:5].expand(3, -1), atol=1e-6)
+    with pytest.raises(GenalignError, match="no references for prompt 'three'"):
+        per.pick(torch.Generator().manual_seed(0), 1, "three")
+    with pytest.raises(GenalignError, match="need an image reference source"):
+        emb.pick(torch.Generator().manual_seed(0), 1, "x", meta[0])
 
 
 def test_per_prompt_references_reach_the_losses(tmp_path):
@@ -343,7 +378,7 @@ def test_per_prompt_references_reach_the_losses(tmp_path):
     jl = tmp_path / "refs.jsonl"
     jl.write_text(json.dumps({"prompt": "a handwritten digit one", "references": [f"a/0{i}.png" for i in range(4)]}))
     r = build_reward("adversarial", {"encoder": "digits", "reference": str(jl), "num_patches": 16, "hidden": 8,
-                                     "refs_per_prompt": 3})
+                                     "refs_per_sample": 3})
     head = r.parts()["discriminator"].module
     rollout = SimpleNamespace(samples=torch.rand(2, 3, 16, 16), prompts=["a handwritten digit one"] * 2,
                               metadata=[{}, {}])

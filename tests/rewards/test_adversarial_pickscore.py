@@ -112,7 +112,8 @@ def test_per_prompt_pairs_and_bad_input(tiny_pick, tmp_path):
     jl.write_text(json.dumps({"prompt": "dark", "references": ["r/a.png"]}) + "\n"
                   + json.dumps({"prompt": "light", "references": ["r/b.png"]}) + "\n")
     r = AdversarialPickScoreReward(model=tiny_pick, processor=tiny_pick, reference=str(jl))
-    pairs = r.references.paired_images(torch.Generator().manual_seed(0), ["light", "dark", "light"])
+    keys = r.references.pick_all(torch.Generator().manual_seed(0), 1, ["light", "dark", "light"])
+    pairs = r.references.images_of(keys)
     assert pairs.shape == (3, 3, 8, 8) and pairs[:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0]
     with pytest.raises(ConfigError, match="token file"):
         AdversarialPickScoreReward(model=tiny_pick, reference=str(tmp_path / "t.safetensors"))
