@@ -202,7 +202,8 @@ class References:
         self.patches: Optional[torch.Tensor] = None
         if self.kind == "images":
             if not os.path.isdir(source):
-                raise GenalignError(f"reference folder '{source}' does not exist")
+                raise GenalignError(f"reference folder '{source}' does not exist (reference: an image folder, a "
+                                    f".safetensors token file or a .jsonl of {{prompt, references}})")
             self.files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(IMAGE_EXTS))
             if not self.files:
                 raise GenalignError(f"reference folder '{source}' has no images ({', '.join(IMAGE_EXTS)})")

@@ -394,6 +394,16 @@ def test_tiny_dinov2_tokens_and_reward(tiny_dinov2):
     x = torch.rand(3, 3, 24, 40)
     cls, patches = enc.tokens(x)
     assert cls.shape == (3, 32) and patches.shape == (3, 16, 32)  # 32 px, patch 8 -> 4x4 patches
+    from transformers import Dinov2Model
+
+    from genalign.rewards.clip import IMAGENET_MEAN, IMAGENET_STD
+
+    y = torch.rand(2, 3, 32, 32)  # at the model's size: no resize, ImageNet normalisation, layer-normed tokens
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        h = Dinov2Model.from_pretrained(tiny_dinov2)(pixel_values=(y - mean) / std).last_hidden_state
+    c, p = enc.tokens(y)
+    assert torch.allclose(c, h[:, 0], atol=1e-5) and torch.allclose(p, h[:, 1:], atol=1e-5)
     r = build_reward("adversarial", {"encoder": "dinov2", "encoder_args": {"model": tiny_dinov2},
                                      "reference": THICK, "hidden": 8, "num_patches": 4})
     s = r(x, ["p"] * 3)
