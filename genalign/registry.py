@@ -89,6 +89,8 @@ REWARDS = Registry(
         "genalign.rewards.clip",
         "genalign.rewards.zoo",
         "genalign.rewards.distributional",
+        "genalign.rewards.adversarial",
+        "genalign.rewards.adversarial_pickscore",
         "genalign.rewards.remote",
         "genalign.toy.rewards",
         "genalign.tones.rewards",
