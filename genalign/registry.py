@@ -106,6 +106,10 @@ ALGORITHMS = Registry(
         "genalign.algorithms.dragon",
     ],
 )
+ENCODERS = Registry(  # embedding models of the distributional rewards (exemplar sets, FD/FAD)
+    "encoder",
+    modules=["genalign.rewards.encoders", "genalign.toy.encoders", "genalign.tones.encoders"],
+)
 MODELS = Registry(
     "model family",
     modules=["genalign.models.sd3", "genalign.models.flux", "genalign.models.sd"],

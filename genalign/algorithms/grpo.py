@@ -21,6 +21,7 @@ import torch
 
 from ..registry import ALGORITHMS
 from .advantages import PerPromptStatTracker, aggregate_rewards, combined_advantages
+from ..losses.ppo import mean_kl, ppo_clip_loss  # noqa: F401  (re-exported)
 from .base import Algorithm
 
 
@@ -133,20 +134,6 @@ class GRPO(Algorithm):
 
     def state_dict(self):
         return {}
-
-
-def ppo_clip_loss(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Per-sample PPO-clip loss max(−A·r, −A·clip(r, 1−lo, 1+hi)) (Schulman et al. 2017, Eq. 7; METHODS §3.2)."""
-    return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - lo, 1.0 + hi))
-
-
-def mean_kl(mu: torch.Tensor, mu_ref: torch.Tensor, std: torch.Tensor, dt: torch.Tensor, form: str) -> torch.Tensor:
-    """Per-sample KL between two Gaussian transitions with the same std (METHODS §3.3), mean over dims.
-
-    ``std`` is the transition std s_t·sqrt(|dt|). ``exact``: mean_d (μ−μ_ref)²/(2 std²).
-    ``flow_grpo``: the reference code's mean_d (μ−μ_ref)²/(2 s_t²) = exact × |dt|."""
-    kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * std**2)
-    return kl * dt if form == "flow_grpo" else kl
 
 
 def best_of_n_mask(adv: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -142,6 +142,6 @@ def validate_gui(cfg: GuiConfig) -> GuiConfig:
 
 def gui_config_from(cfg) -> GuiConfig:
     """The validated GuiConfig of a top-level :class:`genalign.config.Config`."""
-    from ..config import from_dict
+    from ..schema import from_dict
 
     return validate_gui(from_dict(GuiConfig, cfg.gui, prefix="gui."))

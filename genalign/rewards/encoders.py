@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, GenalignError
-from ..registry import Registry
+from ..registry import ENCODERS  # noqa: F401  (registered in one place, genalign/registry.py)
 from .clip import IMAGENET_MEAN, IMAGENET_STD, HFClip, check_images, load_pretrained, preprocess_from_config
 
-ENCODERS = Registry("encoder", modules=["genalign.rewards.encoders", "genalign.toy.encoders",
-                                        "genalign.tones.encoders"])
 
 
 class Encoder:
