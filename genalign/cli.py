@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -31,10 +32,20 @@ class _Parser(argparse.ArgumentParser):
         raise GenalignError(f"{self.prog}: {message}")
 
 
+_OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
+
+
+def _is_override(item: str) -> bool:
+    """``key=value`` with a dotted key (its value may well end in .yaml: ``data.prompts=p.yaml``); a bare path,
+    even one holding '=' in a folder name (``runs/lr=1e-4/config.yaml``), is a config file."""
+    key, eq, _ = item.partition("=")
+    return bool(eq) and bool(_OVERRIDE_KEY.match(key))
+
+
 def _split_config_and_overrides(items: List[str]):
     config, overrides = None, []
     for it in items:
-        if "=" in it and not it.endswith((".yaml", ".yml")):
+        if _is_override(it):
             overrides.append(it)
         elif config is None:
             config = it
