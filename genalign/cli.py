@@ -22,14 +22,15 @@ import sys
 from typing import List, Optional
 
 from .errors import GenalignError
+from .utils.argtypes import OneLineParser, non_negative_float, non_negative_int, positive_int, seed
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy",
                               "flow_grpo.yaml")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse's own convention)
-        raise GenalignError(f"{self.prog}: {message}")
+_Parser = OneLineParser  # errors are one line, exit 2 (argparse's own convention)
+SEED = seed
+SAMPLE_FILE = re.compile(r"^\d{4,}_seed\d+\.png$")  # what sample_to_dir writes, with grid.png and samples.jsonl
 
 
 _OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
@@ -132,6 +133,7 @@ def cmd_sample(args) -> int:
         prompts += read_prompts(args.prompts)
     if not prompts:
         raise GenalignError("give --prompt TEXT (repeatable) or --prompts FILE")
+    _prepare_sample_dir(args.out, args.overwrite)  # before the model loads: fail fast, write nothing
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
     if args.lora:
@@ -158,6 +160,25 @@ def cmd_sample(args) -> int:
                          guidance_scale=args.guidance, rewards=rewards)
     print(f"genalign: wrote {len(recs)} samples and grid.png to {os.path.abspath(args.out)}")
     return 0
+
+
+def _prepare_sample_dir(out: str, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (earlier samples would be written over and samples.jsonl appended to, its
+    records then naming the wrong prompts) unless ``overwrite``, which removes only genalign's own sample files."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise GenalignError(f"--out '{out}' is a file, not a folder")
+    entries = os.listdir(out)
+    if not entries:
+        return
+    if not overwrite:
+        raise GenalignError(f"--out '{out}' is not empty ({len(entries)} entries); choose a new folder, or pass "
+                            f"--overwrite to replace earlier samples (other files are kept)")
+    for name in entries:
+        path = os.path.join(out, name)
+        if (SAMPLE_FILE.match(name) or name in ("grid.png", "samples.jsonl")) and os.path.isfile(path):
+            os.unlink(path)
 
 
 def cmd_export(args) -> int:
@@ -206,17 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="checkpoint/export folder or .safetensors file")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    s.add_argument("--steps", type=int, default=28)
-    s.add_argument("--guidance", type=float, default=4.5)
-    s.add_argument("--height", type=int, default=0, help="pixels (default: the pipeline's own default size)")
-    s.add_argument("--width", type=int, default=0, help="pixels (default: the pipeline's own default size)")
+    s.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2, 3])
+    s.add_argument("--steps", type=positive_int, default=28)
+    s.add_argument("--guidance", type=non_negative_float, default=4.5)
+    s.add_argument("--height", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
+    s.add_argument("--width", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     s.add_argument("--device")
     s.add_argument("--reward", action="append",
                    help="score samples with this reward (repeatable): a name, or a mapping with arguments as in a "
                         "config, e.g. '{name: exemplar_loglik, encoder: digits, reference: FILE}'")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="output folder; must be empty or new unless --overwrite")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace earlier samples in --out (only genalign's own files: NNNN_seedS.png, grid.png, "
+                        "samples.jsonl)")
     e = sub.add_parser("export", help="checkpoint -> diffusers LoRA folder, or --fuse -> full pipeline")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
@@ -228,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config", nargs="?", help="a training recipe (its model, rewards and eval prompts)")
     v.add_argument("--checkpoint", help="a checkpoint or LoRA folder to evaluate")
     v.add_argument("--prompts", help="prompts file (default: the recipe's eval prompts)")
-    v.add_argument("--seeds", type=int, nargs="+")
+    v.add_argument("--seeds", type=SEED, nargs="+")
     v.add_argument("--out", help="metrics.json path")
     v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
     sub.add_parser("serve-reward", help="serve a reward model over HTTP on loopback", add_help=False)
@@ -238,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="FILE.safetensors (key 'embeddings')")
     x.add_argument("--kind", default="auto", help="auto | images | audio | text")
     x.add_argument("--arg", action="append", metavar="KEY=VALUE", help="encoder argument, e.g. model=ID (repeatable)")
-    x.add_argument("--batch-size", type=int, default=32)
-    x.add_argument("--image-size", type=int, default=None)
+    x.add_argument("--batch-size", type=positive_int, default=32)
+    x.add_argument("--image-size", type=positive_int, default=None)
     x.add_argument("--device", default=None)
     return p
 

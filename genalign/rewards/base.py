@@ -181,7 +181,7 @@ def build_reward(name: str, args: Optional[Dict[str, Any]] = None) -> Reward:
     args = {k: resolve_path(v) for k, v in dict(args or {}).items()}  # shipped assets resolve from any directory
     if not inspect.isclass(cls):
         if not callable(cls):
-            raise ConfigError(f"reward '{name}' is a {type(cls).__name__}, not a Reward class or a function with "
+            raise ConfigError(f"reward '{name}' names a {type(cls).__name__} object, not a Reward class or a function with "
                               f"the signature {SIGNATURE}")
         _check_function_signature(cls, name, args)
         check_kwargs(cls, args, f"reward '{name}'")

@@ -52,6 +52,14 @@ def int_range(lo=None, hi=None):
     return parse
 
 
+def seed(text: str) -> int:
+    """A random seed: what ``torch.Generator.manual_seed`` accepts, less the negatives (0 .. 2**64-1)."""
+    v = _int(text, "in 0..2**64-1")
+    if not 0 <= v < 2**64:
+        raise argparse.ArgumentTypeError(f"seed {v} is out of range; expected an integer in 0..2**64-1")
+    return v
+
+
 def positive_int(text: str) -> int:
     v = _int(text, "> 0")
     if v <= 0:
@@ -70,6 +78,13 @@ def positive_float(text: str) -> float:
     v = _float(text, "> 0")
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{v:g} must be a number > 0")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = _float(text, ">= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v:g} must be a number >= 0")
     return v
 
 
