@@ -74,8 +74,10 @@ class Reward:
             else:
                 with torch.no_grad():
                     out = self.score(samples.detach(), prompts, metadata)
+        except RewardError:
+            raise  # a reward inside this one failed, and is named already
         except Exception as e:  # noqa: BLE001 - re-raised with the reward's name; the original is the __cause__
-            raise RewardError(f"{self._who()} raised {type(e).__name__}: {_one_line(e)}") from e
+            raise _reward_error(e)(f"{self._who()} raised {type(e).__name__}: {_one_line(e)}") from e
         return self._check_output(out, samples.shape[0])
 
     def _who(self) -> str:
@@ -108,6 +110,20 @@ def class_path(obj) -> str:
     """``module.Qualname`` of a reward (of the wrapped function for a function reward)."""
     target = getattr(obj, "fn", None) if isinstance(obj, FunctionReward) else type(obj)
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+_MIXED: Dict[type, type] = {}
+
+
+def _reward_error(e: BaseException) -> type:
+    """The class to re-raise ``e`` as: a RewardError that is also ``type(e)`` when that is a GenalignError (so that
+    ``except CheckpointError`` around a reward call keeps working), else a plain RewardError."""
+    cls = type(e)
+    if not isinstance(e, GenalignError):
+        return RewardError
+    if cls not in _MIXED:
+        _MIXED[cls] = type(cls.__name__, (RewardError, cls), {"__module__": cls.__module__})
+    return _MIXED[cls]
 
 
 def _one_line(e: BaseException) -> str:

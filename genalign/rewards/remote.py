@@ -10,11 +10,16 @@ Protocol (JSON only — never pickle; standard library on both sides)::
     errors     -> HTTP 4xx/5xx with {"error": "one line"}; the server keeps serving.
 
 Images travel as 8-bit PNGs (values rounded to 1/255) and audio as 16-bit PCM WAVs, so remote scores equal
-local scores of the rounded samples. The server listens on loopback (127.0.0.1) unless told otherwise, limits
-the request size, times out slow reads and slow scoring (HTTP 504), and scores one request at a time (models
-are rarely thread-safe) while answering ``/health`` concurrently.
+local scores of the rounded samples. The server listens on loopback (127.0.0.1) unless told otherwise and scores
+one request at a time (models are rarely thread-safe) while answering ``/health`` concurrently. Abuse is answered,
+never crashed on: a request not fully received within ``--read-timeout`` gets 408 and the connection is cut; a body
+over ``--max-request-bytes`` 413; images decoding to more than ``--max-pixels`` in all (decompression bombs,
+measured from their headers before decoding) 413; malformed framing or JSON 400/411; scoring past
+``--request-timeout`` 504; more than ``--workers`` connections at once 503 (the client retries). One request per
+connection (``Connection: close``).
 
-CLI: ``genalign serve-reward NAME [--port P] [--host H] [--arg key=value ...]`` (:func:`serve_main`).
+CLI: ``genalign serve-reward NAME [--port P] [--host H] [--arg key=value ...] [--workers N] [--read-timeout S]
+[--request-timeout S] [--max-request-bytes B] [--max-pixels P]`` (:func:`serve_main`).
 """
 
 from __future__ import annotations
