@@ -2,7 +2,7 @@
 
     genalign train [CONFIG.yaml] [key=value ...]       # no CONFIG: the embedded toy quickstart
     accelerate launch -m genalign train CONFIG.yaml     # the same, distributed
-    genalign sample --model PATH --prompt "a cat" --seeds 0 1 2 3 [--lora CKPT] --out DIR
+    genalign sample --model PATH --prompt "a cat" --seeds 0 1 2 3 [--lora CKPT] --out DIR [--overwrite]
     genalign export CHECKPOINT --out DIR [--fuse] [--ema]
     genalign eval CONFIG.yaml [--checkpoint CKPT] [--out metrics.json]
     genalign eval --benchmark screenspot-v2 --data DIR --model PATH   # GUI grounding evaluator
@@ -10,7 +10,8 @@
     genalign embed-exemplars --encoder dinov2 --reference DIR --out exemplars.safetensors [--arg key=value ...]
 
 User errors (bad config, unknown names, missing or corrupt files) print one line ``genalign: error: ...`` and
-exit with status 2, without a traceback.
+exit with status 2, without a traceback (``GENALIGN_DEBUG=1`` prints it too, e.g. for a user reward that raised).
+Numbers on the command line are range-checked as they are parsed (``genalign.utils.argtypes``).
 """
 
 from __future__ import annotations
@@ -108,10 +109,12 @@ def _reward_spec(text: str):
     """``NAME`` or a YAML mapping like a config's reward entry, ``{name: fd, encoder: dinov2, reference: DIR}``."""
     import yaml
 
+    from .config import safe_load_unique
+
     if not text.lstrip().startswith("{"):
         return text, None
     try:
-        spec = yaml.safe_load(text)
+        spec = safe_load_unique(text)
     except yaml.YAMLError as e:
         raise GenalignError(f"--reward {text!r} is not a valid YAML mapping: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -133,7 +136,8 @@ def cmd_sample(args) -> int:
         prompts += read_prompts(args.prompts)
     if not prompts:
         raise GenalignError("give --prompt TEXT (repeatable) or --prompts FILE")
-    _prepare_sample_dir(args.out, args.overwrite)  # before the model loads: fail fast, write nothing
+    specs = [_reward_spec(r) for r in args.reward or []]
+    _prepare_sample_dir(args.out, args.overwrite, clear=False)  # before the model loads: fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
     if args.lora:
@@ -155,16 +159,18 @@ def cmd_sample(args) -> int:
     if args.reward:
         from .rewards.base import build_reward
 
-        rewards = [build_reward(*_reward_spec(r)).to(device) for r in args.reward]
+        rewards = [build_reward(*spec).to(device) for spec in specs]
     recs = sample_to_dir(gen, prompts, args.seeds, scfg, args.out, num_steps=args.steps,
-                         guidance_scale=args.guidance, rewards=rewards)
+                         guidance_scale=args.guidance, rewards=rewards,  # cleared once sampled and scored:
+                         before_write=lambda: _prepare_sample_dir(args.out, args.overwrite, clear=True))  # no loss
     print(f"genalign: wrote {len(recs)} samples and grid.png to {os.path.abspath(args.out)}")
     return 0
 
 
-def _prepare_sample_dir(out: str, overwrite: bool) -> None:
+def _prepare_sample_dir(out: str, overwrite: bool, clear: bool) -> None:
     """Refuse a non-empty ``out`` (earlier samples would be written over and samples.jsonl appended to, its
-    records then naming the wrong prompts) unless ``overwrite``, which removes only genalign's own sample files."""
+    records then naming the wrong prompts) unless ``overwrite``; with ``clear``, remove genalign's own sample files
+    (NNNN_seedS.png, grid.png, samples.jsonl) and nothing else."""
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
@@ -175,7 +181,7 @@ def _prepare_sample_dir(out: str, overwrite: bool) -> None:
     if not overwrite:
         raise GenalignError(f"--out '{out}' is not empty ({len(entries)} entries); choose a new folder, or pass "
                             f"--overwrite to replace earlier samples (other files are kept)")
-    for name in entries:
+    for name in entries if clear else ():
         path = os.path.join(out, name)
         if (SAMPLE_FILE.match(name) or name in ("grid.png", "samples.jsonl")) and os.path.isfile(path):
             os.unlink(path)
@@ -310,6 +316,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return evaluate_main(args)
         return 2
     except GenalignError as e:
+        if os.environ.get("GENALIGN_DEBUG"):  # the full (chained) traceback, e.g. of a user reward that raised
+            import traceback
+
+            traceback.print_exc()
         print(f"genalign: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -45,8 +45,11 @@ def save_grid(samples: torch.Tensor, rows: int, cols: int, path: str, upscale: i
 
 def sample_to_dir(generator, prompts: Sequence[str], seeds: Sequence[int], scfg, out_dir: str,
                   num_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-                  batch_size: int = 8, rewards=None) -> List[dict]:
-    """Deterministic samples for every (prompt, seed): PNGs, a grid, and samples.jsonl with reward scores."""
+                  batch_size: int = 8, rewards=None, before_write=None) -> List[dict]:
+    """Deterministic samples for every (prompt, seed): PNGs, a grid, and samples.jsonl with reward scores.
+
+    ``before_write()``, if given, runs once everything is sampled and scored, just before the first file is written
+    (``genalign sample --overwrite`` clears earlier samples there, so a failure before it loses nothing)."""
     os.makedirs(out_dir, exist_ok=True)
     items = [(p, s) for p in prompts for s in seeds]
     outs = []
@@ -59,6 +62,8 @@ def sample_to_dir(generator, prompts: Sequence[str], seeds: Sequence[int], scfg,
     scores = {}
     for r in rewards or []:
         scores[r.name] = r(samples, [p for p, _ in items]).cpu()
+    if before_write is not None:
+        before_write()
     records = []
     for k, (p, s) in enumerate(items):
         fname = f"{k:04d}_seed{s}.png"

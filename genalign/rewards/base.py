@@ -77,7 +77,8 @@ class Reward:
         except RewardError:
             raise  # a reward inside this one failed, and is named already
         except Exception as e:  # noqa: BLE001 - re-raised with the reward's name; the original is the __cause__
-            raise _reward_error(e)(f"{self._who()} raised {type(e).__name__}: {_one_line(e)}") from e
+            raise _reward_error(e)(f"{self._who()} raised {type(e).__name__}: {_one_line(e)}"
+                                   + ("" if isinstance(e, GenalignError) else " (GENALIGN_DEBUG=1 shows where)")) from e
         return self._check_output(out, samples.shape[0])
 
     def _who(self) -> str:
