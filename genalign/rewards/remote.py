@@ -278,6 +278,13 @@ def make_server(reward: Reward, host: str = "127.0.0.1", port: int = 0,
             method()
             self.close_connection = True
 
+        def handle_expect_100(self):  # curl sends large bodies only after "100 Continue": refuse oversize first
+            length = (self.headers.get("Content-Length") or "").strip()
+            if length.isdigit() and int(length) > max_request_bytes:
+                self._error(413, f"request of {length} bytes exceeds the limit of {max_request_bytes} bytes")
+                return False
+            return super().handle_expect_100()
+
         def _late(self) -> str:
             return f"request not received within the read timeout of {read_timeout:g} s"
 

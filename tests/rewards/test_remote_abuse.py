@@ -21,7 +21,7 @@ from genalign.rewards.encoders import encode_png
 from remote_helpers import Server, post
 
 READ_TIMEOUT = 2.0
-WORKERS = 24
+WORKERS = 28
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
 CLIENT_TIMEOUT = READ_TIMEOUT + 6.0  # each abusive client must be answered within this
@@ -126,6 +126,8 @@ def abuse_cases():
         ("decompression bomb", [http(score_body([bomb]))], {}, 413),
         ("images together over --max-pixels", [http(many)], {}, 413),
         ("huge Content-Length", [http(b"", length=10**12), b"x" * 50_000], {}, 413),
+        ("oversized, asking 100-continue", [http(b"", length=MAX_BYTES + 1, extra=b"Expect: 100-continue\r\n")], {},
+         413),
         ("oversized body", [http(b"{" + b" " * (MAX_BYTES + 10) + b"}")], {}, 413),
         ("not JSON", [http(b"\xff\xfe garbage")], {}, 400),
         ("deeply nested JSON", [http(nested[: MAX_BYTES - 10])], {}, 400),
