@@ -30,10 +30,7 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 _Parser = OneLineParser  # errors are one line, exit 2 (argparse's own convention)
-SEED = seed
 SAMPLE_FILE = re.compile(r"^\d{4,}_seed\d+\.png$")  # what sample_to_dir writes, with grid.png and samples.jsonl
-
-
 _OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
 
 
@@ -233,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="checkpoint/export folder or .safetensors file")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
-    s.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2, 3])
+    s.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2, 3])
     s.add_argument("--steps", type=positive_int, default=28)
     s.add_argument("--guidance", type=non_negative_float, default=4.5)
     s.add_argument("--height", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
@@ -258,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config", nargs="?", help="a training recipe (its model, rewards and eval prompts)")
     v.add_argument("--checkpoint", help="a checkpoint or LoRA folder to evaluate")
     v.add_argument("--prompts", help="prompts file (default: the recipe's eval prompts)")
-    v.add_argument("--seeds", type=SEED, nargs="+")
+    v.add_argument("--seeds", type=seed, nargs="+")
     v.add_argument("--out", help="metrics.json path")
     v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
     sub.add_parser("serve-reward", help="serve a reward model over HTTP on loopback", add_help=False)
