@@ -151,7 +151,7 @@ def cmd_sample(args) -> int:
         except Exception as e:  # noqa: BLE001 - diffusers raises various types for corrupt/mismatched files
             raise GenalignError(f"cannot load LoRA '{path}': {str(e).splitlines()[0]}") from None
     scfg = SamplerConfig(num_steps=args.steps, eval_num_steps=args.steps, guidance_scale=args.guidance,
-                         kernel="ddim" if gen.kind == "vp" else "sde")
+                         kernel=gen.law.default_kernel)
     rewards = []
     if args.reward:
         from .rewards.base import build_reward

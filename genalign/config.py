@@ -90,12 +90,28 @@ class DataConfig:
     eval_seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3], metadata={"help": "Fixed eval seeds."})
     group_size: int = field(default=8, metadata={"help": "Samples per prompt (G)."})
     prompts_per_iteration: int = field(default=4, metadata={"help": "Distinct prompts per iteration."})
+    real: Optional[str] = field(
+        default=None, metadata={"help": "Real data for phases that need it: an image folder, a .safetensors file "
+                                        "with a 'samples' tensor, or toy:digits."})
+    real_batch_size: int = field(default=0, metadata={"help": "Real samples per phase batch (0 = the rollout's)."})
 
 
 @dataclass
 class EmaConfig:
     decay: float = field(default=0.0, metadata={"help": "EMA decay of trainable parameters; 0 = off."})
     every: int = field(default=1, metadata={"help": "Update the EMA every N optimiser steps."})
+
+
+@dataclass
+class PartConfig:
+    """Optimiser settings of one trained part (``train.parts.<name>``); null = the part's own default, else the
+    run's ``train.*`` value."""
+
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "AdamW learning rate."})
+    adam_betas: Optional[List[float]] = field(default=None, metadata={"help": "AdamW betas."})
+    weight_decay: Optional[float] = field(default=None, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Gradient clipping; 0 = off."})
+    ema_decay: Optional[float] = field(default=None, metadata={"help": "EMA decay of the part; 0 = off."})
 
 
 @dataclass
@@ -121,6 +137,8 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this many minutes (0 = no limit)."})
     deterministic: bool = field(default=False, metadata={"help": "torch deterministic algorithms."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0 = torch's default)."})
+    parts: Dict[str, PartConfig] = field(
+        default_factory=dict, metadata={"help": "Per-part optimiser settings, e.g. parts.fake_score.learning_rate."})
 
 
 @dataclass
@@ -216,6 +234,8 @@ def _coerce(value, tp, key: str):
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        if len(args) == 2 and args[1] is not Any:
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -485,10 +505,11 @@ def validate(cfg: Config) -> None:
         gui_config_from(cfg)
         return
     fam = MODELS.get(cfg.model.family)  # raises with the valid choices (or imports a dotted path)
-    kernels = {"flow": ("sde", "eta", "cps", "ode"), "vp": ("ddim", "ode")}.get(getattr(fam, "kind", ""), None)
+    law = getattr(fam, "law_class", None)  # the family's noise law class: its kernels, without loading a model
+    kernels = getattr(law, "kernels", None)
     if kernels and cfg.sampler.kernel not in kernels:
         raise ConfigError(f"'sampler.kernel' is '{cfg.sampler.kernel}', which '{cfg.model.family}' models "
-                          f"({fam.kind}) do not support; valid choices: {choices(kernels)}")
+                          f"({law.description}) do not support; valid choices: {choices(kernels)}")
     alg_cls = ALGORITHMS.get(cfg.algorithm.name)
     make_algorithm(alg_cls, cfg.algorithm.args)
     if not cfg.rewards and getattr(alg_cls, "needs_rewards", True):

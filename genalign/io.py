@@ -114,10 +114,25 @@ def atomic_directory(path: str) -> Iterator[str]:
 
 def read_prompts(source) -> list:
     """Prompts from a list, a .txt file (one per line) or a .jsonl file (objects with a 'prompt' key)."""
+    return [r["prompt"] for r in read_prompt_records(source)]
+
+
+def read_prompt_records(source) -> list:
+    """Prompt records ``{"prompt": ..., **fields}``: from a list (strings or such dicts), a .txt file (one prompt
+    per line) or a .jsonl file whose objects carry per-prompt fields (reference ids, target text, duration, ...)
+    that travel with the prompt through the rollout to the rewards and the model's encoder."""
     from .errors import ConfigError
 
     if isinstance(source, (list, tuple)):
-        return [str(p) for p in source]
+        out = []
+        for i, p in enumerate(source):
+            if isinstance(p, dict):
+                if "prompt" not in p:
+                    raise ConfigError(f"prompt entry {i} has no 'prompt' key")
+                out.append({**p, "prompt": str(p["prompt"])})
+            else:
+                out.append({"prompt": str(p)})
+        return out
     if not os.path.exists(source):
         raise ConfigError(f"prompts file '{source}' does not exist")
     out = []
@@ -133,9 +148,9 @@ def read_prompts(source) -> list:
                     raise ConfigError(f"prompts file '{source}' line {i + 1} is not valid JSON") from None
                 if not isinstance(rec, dict) or "prompt" not in rec:
                     raise ConfigError(f"prompts file '{source}' line {i + 1} has no 'prompt' key")
-                out.append(str(rec["prompt"]))
+                out.append({**rec, "prompt": str(rec["prompt"])})
             else:
-                out.append(line)
+                out.append({"prompt": line})
     if not out:
         raise ConfigError(f"prompts file '{source}' contains no prompts")
     return out

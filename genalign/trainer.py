@@ -1,62 +1,55 @@
 """The one training loop, on accelerate. Read it top to bottom:
 
     for iteration:
-        plan     -> the iteration's prompts and per-sample seeds (a pure function of (seed, iteration))
-        rollout  -> trajectories with per-step log-probs on this process's shard
-        score    -> rewards, gathered across processes (set-scope rewards score the gathered batch)
-        advantage-> per-prompt group advantages on the gathered batch, then this process's slice
-        update   -> optimiser steps, each accumulating over micro-batches × trained timesteps
+        phases   -> what trains this iteration: the algorithm's phases and the learnable rewards' (parts + needs)
+        plan     -> the iteration's prompts, metadata and per-sample seeds (a pure function of (seed, iteration))
+        rollout  -> trajectories (with per-step log-probs when a phase needs them) on this process's shard
+        rewards  -> learnable rewards train on the rollout; then scores, gathered across processes, and advantages
+        phases   -> each phase's optimiser steps for its parts (genalign.core.stepper)
         ema, log, evaluate (fixed prompts and seeds, deterministic sampler), checkpoint
 
-Only this file, export and tracking touch accelerate. Everything random derives from (seed, iteration,
-sample index), so a resumed run continues exactly where an uninterrupted one would be, and the rollouts
-do not depend on how the global batch is split across processes.
+Only this file, genalign/core (parts, stepper, checkpoints), export and tracking touch accelerate. Algorithms and
+rewards see a narrow :class:`~genalign.core.view.View`. Everything random derives from (seed, iteration, sample
+index), so a resumed run continues exactly where an uninterrupted one would be, and rollouts do not depend on how
+the global batch is split across processes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
 from .config import Config, make_algorithm, save_config, to_dict
+from .core.checkpoint import CKPT_PREFIX, Checkpointer, latest_checkpoint, list_checkpoints  # noqa: F401
+from .core.parts import build_parts, declared_parts
+from .core.phases import Batch, Phase
+from .core.planning import plan, train_steps_for
+from .core.seeding import derive_seed  # noqa: F401  (re-exported for scripts)
+from .core.stepper import Stepper
+from .core.view import View
 from .errors import CheckpointError, ConfigError
-from .io import append_jsonl, atomic_write_json, read_prompts
+from .io import append_jsonl, atomic_write_json, read_prompt_records, read_prompts
 from .models.base import Rollout, cat_cond
 from .registry import ALGORITHMS, MODELS
-
-CKPT_PREFIX = "checkpoint-"
-
-
-def derive_seed(*parts: int) -> int:
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:7], "little")
 
 
 def cat_rollouts(parts: List[Rollout]) -> Rollout:
     if len(parts) == 1:
         return parts[0]
     p0 = parts[0]
-    return Rollout(
-        prompts=sum((p.prompts for p in parts), []),
-        seeds=sum((p.seeds for p in parts), []),
-        group_ids=torch.cat([p.group_ids for p in parts]),
-        cond=cat_cond([p.cond for p in parts]),
-        states=torch.cat([p.states for p in parts]),
-        log_probs=torch.cat([p.log_probs for p in parts]),
-        means=None if p0.means is None else torch.cat([p.means for p in parts]),
-        train_steps=torch.cat([p.train_steps for p in parts]),
-        schedule=p0.schedule,
-        guidance_scale=p0.guidance_scale,
-        samples=None if p0.samples is None else torch.cat([p.samples for p in parts]),
-        metadata=sum((p.metadata for p in parts), []),
-    )
+
+    def cat(name):
+        return None if getattr(p0, name) is None else torch.cat([getattr(p, name) for p in parts])
+
+    return Rollout(prompts=sum((p.prompts for p in parts), []), seeds=sum((p.seeds for p in parts), []),
+                   group_ids=cat("group_ids"), cond=cat_cond([p.cond for p in parts]), states=cat("states"),
+                   log_probs=cat("log_probs"), means=cat("means"), train_steps=cat("train_steps"),
+                   schedule=p0.schedule, guidance_scale=p0.guidance_scale, samples=cat("samples"),
+                   metadata=sum((p.metadata for p in parts), []))
 
 
 class Trainer:
@@ -64,11 +57,14 @@ class Trainer:
         self.cfg = cfg
         self.out = cfg.run.output_dir
         self.iteration = 0
-        self.optimizer_step = 0
         self.counters = {"skipped_nonfinite_reward": 0, "skipped_nonfinite_loss": 0, "trajectories": 0}
         self.elapsed = 0.0
         self.first_eval: Optional[Dict[str, float]] = None
         self.last_eval: Optional[Dict[str, float]] = None
+
+    @property
+    def optimizer_step(self) -> int:
+        return self.parts["policy"].steps
 
     # ================================================================================================ setup
     def _check_output_dir(self) -> Optional[str]:
@@ -96,55 +92,46 @@ class Trainer:
         trackers = [t for t in cfg.run.log_with if t != "none"]
         self.accelerator = acc = Accelerator(
             cpu=not has_accelerator_device(),  # so that torchrun/accelerate on a CPU-only host forms a gloo group
-            mixed_precision=cfg.train.mixed_precision,
-            log_with=trackers or None,
-            project_config=ProjectConfiguration(project_dir=self.out, logging_dir=os.path.join(self.out, "logs")),
-        )
+            mixed_precision=cfg.train.mixed_precision, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=self.out, logging_dir=os.path.join(self.out, "logs")))
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(cfg.train.seed)
-        self.is_main = acc.is_main_process
-        self.world = acc.num_processes
-        self.rank = acc.process_index
+        self.is_main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
+        self.device = acc.device
         n_global = cfg.data.prompts_per_iteration * cfg.data.group_size
         if n_global % self.world:
             raise ConfigError(f"prompts_per_iteration × group_size = {n_global} must be divisible by the number of "
                               f"processes ({self.world})")
         self.n_local = n_global // self.world
 
-        # ---- components
-        gen_cls = MODELS.get(cfg.model.family)
-        self.generator = gen_cls.load(cfg.model, device=acc.device)
+        self.generator = MODELS.get(cfg.model.family).load(cfg.model, device=acc.device)
         from .rewards.base import build_rewards
 
         self.rewards = [r.to(acc.device) for r in build_rewards(cfg.rewards)]
         self.reward_names = unique_names([r.name for r in self.rewards])
         self.algorithm = make_algorithm(ALGORITHMS.get(cfg.algorithm.name), cfg.algorithm.args)
-        self.algorithm.setup(self)
-        self.train_prompts = read_prompts(cfg.data.prompts)
-        ep = cfg.data.eval_prompts if cfg.data.eval_prompts is not None else self.train_prompts[:4]
+        self.view = View(self)
+        self.parts: Dict[str, Any] = {}
+        self.algorithm.setup(self.view)
+        self.parts = build_parts(acc, cfg, self.generator, declared_parts(self.algorithm, self.rewards, self.view))
+        self.model = self.parts["policy"].module
+        self.algorithm.after_parts(self.view)
+        self.train_records = read_prompt_records(cfg.data.prompts)
+        ep = cfg.data.eval_prompts if cfg.data.eval_prompts is not None else [r["prompt"] for r in
+                                                                              self.train_records[:4]]
         self.eval_prompts = read_prompts(ep)
+        self.real = None
+        if cfg.data.real:
+            from .core.realdata import RealData
 
-        params = self.generator.trainable_parameters()
-        if not params:
-            raise ConfigError("the model has no trainable parameters (check model.lora.target_modules)")
-        opt = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
-                                weight_decay=cfg.train.weight_decay)
-        warm = cfg.train.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(self.generator.denoiser, opt, sched)
-        self.ema = None
-        if cfg.train.ema.decay > 0:
-            from .ema import EMA
-
-            self.ema = EMA(self.generator.trainable_parameters(), cfg.train.ema.decay, cfg.train.ema.every)
-        acc.register_save_state_pre_hook(self._save_hook)
-        acc.register_load_state_pre_hook(self._load_hook)
-
+            self.real = RealData(cfg.data.real, cfg.train.seed, (cfg.model.height, cfg.model.width))
+        self.stepper = Stepper(self)
+        self.checkpointer = Checkpointer(self)
         if resume_from:
-            self.load_checkpoint(resume_from)
+            self.checkpointer.load(resume_from)
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
@@ -152,162 +139,144 @@ class Trainer:
                 acc.init_trackers(cfg.run.name or os.path.basename(os.path.abspath(self.out)),
                                   config=flatten(to_dict(cfg)))
 
-    # ================================================================================================ planning
-    def plan(self, iteration: int):
-        """The iteration's global batch: prompts, group ids and per-sample seeds, identical on every process."""
-        cfg = self.cfg
-        rng = np.random.default_rng(derive_seed(cfg.train.seed, iteration, 1))
-        k = cfg.data.prompts_per_iteration
-        replace = k > len(self.train_prompts)
-        chosen = rng.choice(len(self.train_prompts), size=k, replace=replace)
-        prompts, groups, seeds, noise_seeds = [], [], [], []
-        for gi, pi in enumerate(chosen):
-            for j in range(cfg.data.group_size):
-                prompts.append(self.train_prompts[int(pi)])
-                groups.append(gi)
-                seeds.append(derive_seed(cfg.train.seed, iteration, gi, j))
-                noise_seeds.append(derive_seed(cfg.train.seed, iteration, gi, 0 if cfg.sampler.same_initial_noise else j))
-        window_start = None
-        T = cfg.sampler.num_steps
-        if cfg.sampler.train_timesteps == "window":
-            hi = max(1, int(cfg.sampler.window_range * T) - cfg.sampler.window_size + 1)
-            window_start = int(rng.integers(0, hi))
-        elif cfg.sampler.train_timesteps == "sliding_window":  # MixGRPO progressive: high -> low noise
-            span = max(1, T - cfg.sampler.window_size)
-            window_start = min(span, int(iteration * span / max(cfg.train.iterations - 1, 1)))
-        return prompts, torch.tensor(groups), seeds, noise_seeds, window_start
+    # ================================================================================================ one iteration
+    def phases_for(self, iteration: int):
+        """[(phase, owner)]: the learnable rewards' phases first (they train on the rollout before scoring it),
+        then the algorithm's; exclusive phases, when any, run alone."""
+        out = [(ph, r) for r in self.rewards if getattr(r, "learnable", False) for ph in r.phases(iteration)]
+        out += [(ph, self.algorithm) for ph in self.algorithm.phases(iteration)]
+        excl = [(ph, o) for ph, o in out if ph.exclusive]
+        return excl or out
 
-    def train_steps_for(self, seeds: List[int], stochastic: torch.Tensor) -> torch.Tensor:
-        """(n, K) indices of the trained steps of each sample (METHODS.md §3.4)."""
-        s = self.cfg.sampler
-        T = s.num_steps
-        avail = torch.nonzero(stochastic).flatten()
-        scheme = s.train_timesteps
-        if scheme == "all_but_last" or scheme in ("window", "sliding_window"):
-            if scheme == "all_but_last":
-                avail = avail[avail < max(1, int(T * s.timestep_fraction))]
-            return avail.expand(len(seeds), -1).clone()
-        k = max(1, int(len(avail) * s.timestep_fraction))
-        rows = []
-        for sd in seeds:  # DDPO/DanceGRPO: random permutation per sample, from the sample's own seed
-            g = torch.Generator().manual_seed(derive_seed(sd, 7))
-            rows.append(avail[torch.randperm(len(avail), generator=g)[:k]])
-        return torch.stack(rows)
-
-    # ================================================================================================ steps
-    def do_rollout(self, iteration: int):
+    def do_rollout(self, iteration: int, with_log_probs: Optional[bool] = None) -> Rollout:
         cfg = self.cfg
-        prompts, groups, seeds, noise_seeds, window_start = self.plan(iteration)
-        lo, hi = self.rank * self.n_local, (self.rank + 1) * self.n_local
-        prompts, groups, seeds, noise_seeds = prompts[lo:hi], groups[lo:hi], seeds[lo:hi], noise_seeds[lo:hi]
-        stochastic = self.algorithm.needs_log_probs
-        mask = self.generator.stochastic_mask(cfg.sampler.num_steps, cfg.sampler, window_start)
-        train_steps = self.train_steps_for(seeds, mask) if stochastic else None
+        with_log_probs = self.algorithm.needs_log_probs if with_log_probs is None else with_log_probs
+        p = plan(cfg, self.train_records, iteration).shard(self.rank * self.n_local, (self.rank + 1) * self.n_local)
+        mask = self.generator.stochastic_mask(cfg.sampler.num_steps, cfg.sampler, p.window_start)
+        train_steps = train_steps_for(cfg.sampler, p.seeds, mask) if with_log_probs else None
         bs = cfg.train.rollout_batch_size
-        parts = []
+        outs = []
         self.model.eval()
-        hook = getattr(self.algorithm, "rollout_context", None)  # e.g. DiffusionNFT samples with θ_old
-        with (hook(self) if hook is not None else _null()):
-            for a in range(0, len(prompts), bs):
+        with self.algorithm.sampling_policy(self.view):
+            for a in range(0, len(p.prompts), bs):
                 b = slice(a, a + bs)
-                parts.append(self.generator.rollout(
-                    prompts[b], seeds[b], cfg.sampler, stochastic=stochastic, group_ids=groups[b],
-                    noise_seeds=noise_seeds[b], window_start=window_start,
+                ro = self.generator.rollout(
+                    p.prompts[b], p.seeds[b], cfg.sampler, stochastic=with_log_probs, group_ids=p.group_ids[b],
+                    noise_seeds=p.noise_seeds[b], window_start=p.window_start,
                     train_steps=None if train_steps is None else train_steps[b],
                     store_means=self.algorithm.store_means, model=self.model,
-                    **self.algorithm.rollout_kwargs(self, iteration)))
+                    **self.algorithm.rollout_kwargs(self.view, iteration))
+                ro.metadata = list(p.metadata[b])
+                outs.append(ro)
         self.model.train()
-        return cat_rollouts(parts)
+        return cat_rollouts(outs)
 
     def score(self, ro: Rollout):
         """(N_global, K) rewards: sample-scope rewards score locally then gather; set/group-scope ones score the
         gathered batch. Returns (per_reward_global, group_ids_global, prompts_global)."""
         acc = self.accelerator
-        cols = []
-        gathered_samples = None
+        prompts = gather_list(acc, ro.prompts)
+        metadata = gather_list(acc, ro.metadata) if ro.metadata else None
+        cols, gathered = [], None
         for r in self.rewards:
             if r.scope == "sample":
-                local = r(ro.samples, ro.prompts, ro.metadata or None).to(acc.device)
-                cols.append(acc.gather(local).cpu())
+                cols.append(acc.gather(r(ro.samples, ro.prompts, ro.metadata or None).to(acc.device)).cpu())
             else:
-                if gathered_samples is None:
-                    gathered_samples = acc.gather(ro.samples.to(acc.device)).cpu()
-                    all_prompts = gather_list(acc, ro.prompts)
-                cols.append(r(gathered_samples, all_prompts).cpu())
+                if gathered is None:
+                    gathered = acc.gather(ro.samples.to(acc.device)).cpu()
+                cols.append(r(gathered, prompts, metadata).cpu())
         groups = acc.gather(ro.group_ids.to(acc.device)).cpu()
-        prompts = gather_list(acc, ro.prompts)
         return torch.stack(cols, 1).float(), groups, prompts
 
-    def microbatch_schedule(self, n: int):
-        """Yield, per optimiser step of this iteration, the micro-batch index tensors of this process's ``n``
-        samples: ``inner_epochs`` passes, each split into ``optimizer_steps_per_iteration`` chunks (a seeded
-        permutation when there is more than one), each chunk cut into ``train_batch_size`` micro-batches."""
-        cfg = self.cfg
-        S = cfg.train.optimizer_steps_per_iteration
-        bs = cfg.train.train_batch_size
-        for epoch in range(cfg.train.inner_epochs):
-            order = torch.arange(n)
-            if S > 1 or cfg.train.inner_epochs > 1:
-                g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, self.iteration, epoch, self.rank, 3))
-                order = torch.randperm(n, generator=g)
-            for chunk in [c for c in torch.tensor_split(order, S) if len(c)]:
-                yield [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+    def iterate(self, it: int) -> Dict[str, Any]:
+        from .algorithms.advantages import aggregate_rewards
 
-    def accumulate(self, loss: torch.Tensor, divisor: float, last: bool, nonfinite: torch.Tensor) -> float:
-        """Backward one unit's share (loss / divisor) of an optimiser step's gradient. A non-finite loss is zeroed
-        and counted in ``nonfinite`` (in place; apply_optimizer_step then skips the step); gradients synchronise
-        across processes only on the step's ``last`` unit. Returns the (finite) loss value."""
-        if not torch.isfinite(loss):
-            nonfinite += 1
-            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-        if last:
-            self.accelerator.backward(loss / divisor)
-        else:
-            with self.accelerator.no_sync(self.model):
-                self.accelerator.backward(loss / divisor)
-        return float(loss.detach())
+        phases = self.phases_for(it)
+        needs = set().union(*(ph.needs for ph, _ in phases)) if phases else set()
+        t0 = time.time()
+        batch = Batch(iteration=it)
+        if needs & {"rollout", "log_probs", "rewards"}:
+            batch.rollout = self.do_rollout(it, "log_probs" in needs)
+            self.counters["trajectories"] += self.n_local * self.world
+        if "real" in needs:
+            if self.real is None:
+                raise ConfigError("a phase of this run needs real data; set 'data.real' (an image folder, a "
+                                  ".safetensors file or toy:digits)")
+            batch.real = self.real.batch(it, self.cfg.data.real_batch_size or self.n_local, self.rank)
+        t1 = time.time()
+        metrics: Dict[str, Any] = {"step": it + 1}
+        train_ok = True
+        for ph, owner in [(ph, o) for ph, o in phases if o is not self.algorithm]:
+            metrics.update({f"{ph.name}/{k}": v for k, v in self.stepper.run(ph, owner, self.view, batch).items()})
+        if self.rewards and batch.rollout is not None:
+            per_reward, groups, prompts = self.score(batch.rollout)
+            weights = [r.weight for r in self.rewards]
+            combined = aggregate_rewards(per_reward, weights)
+            for k, name in enumerate(self.reward_names):
+                col = per_reward[:, k]
+                metrics[f"reward/{name}"] = float(torch.nanmean(col)) if (~torch.isnan(col)).any() else float("nan")
+            finite = torch.isfinite(combined)
+            metrics["reward_mean"] = float(combined[finite].mean()) if finite.any() else float("nan")
+            metrics["reward_std"] = float(combined[finite].std(unbiased=False)) if finite.any() else float("nan")
+            if "rewards" in needs:
+                if torch.isinf(per_reward).any() or not finite.all():
+                    self.counters["skipped_nonfinite_reward"] += 1
+                    train_ok = False
+                else:
+                    adv, adv_stats, keep = self.algorithm.advantages(per_reward, weights, groups, prompts,
+                                                                     self.cfg.reward_aggregation)
+                    lo = self.rank * self.n_local
+                    keep_f = keep.float().reshape(-1, *([1] * (adv.ndim - 1)))
+                    batch.adv = (adv * keep_f)[lo:lo + self.n_local]
+                    batch.per_reward, batch.group_ids, batch.prompts, batch.weights = per_reward, groups, prompts, \
+                        weights
+                    metrics.update({k: v for k, v in adv_stats.items() if not k.startswith("_")})
+        t2 = time.time()
+        upd: Dict[str, Any] = {"loss": float("nan")}
+        if train_ok:
+            for ph, owner in [(ph, o) for ph, o in phases if o is self.algorithm]:
+                st = self.stepper.run(ph, owner, self.view, batch)
+                upd.update(st if ph.parts == ("policy",) else {f"{ph.name}/{k}": v for k, v in st.items()})
+            if any(o is self.algorithm for _, o in phases):
+                upd.update(self.algorithm.after_iteration(self.view) or {})
+        t3 = time.time()
+        metrics.update(upd)
+        for key in ("loss", "kl", "clipfrac", "approx_kl"):
+            metrics.setdefault(key, float("nan") if key == "loss" else 0.0)
+        metrics.setdefault("reward_mean", float("nan"))
+        metrics.update({"seconds": t3 - t0, "time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
+                        "lr": self.parts["policy"].scheduler.get_last_lr()[0], "optimizer_step": self.optimizer_step,
+                        **self.counters})
+        return metrics
 
-    def backward_pass(self, ro: Rollout, mbs, adv: torch.Tensor, stats_acc: Dict[str, List[float]],
-                      losses: List[float]) -> torch.Tensor:
-        """One optimiser step's gradient: the algorithm's losses over micro-batches × units, averaged. Returns the
-        count of non-finite losses."""
-        nonfinite = torch.zeros((), device=self.accelerator.device)
-        for mi, idx in enumerate(mbs):
-            mb = ro.index(idx.tolist())
-            units = self.algorithm.units(mb)
-            for ui, (loss, st) in enumerate(self.algorithm.losses(self, mb, adv[idx])):
-                losses.append(self.accumulate(loss, units * len(mbs), mi == len(mbs) - 1 and ui == units - 1,
-                                              nonfinite))
-                for k, v in st.items():
-                    stats_acc.setdefault(k, []).append(v)
-        return nonfinite
+    # ================================================================================================ stepping
+    def all_counts(self, n: int) -> List[int]:
+        if self.world == 1:
+            return [n]
+        t = self.accelerator.gather(torch.tensor([n], device=self.device))
+        return [int(v) for v in t.cpu()]
 
-    def update(self, ro: Rollout, adv_local: torch.Tensor) -> Dict[str, float]:
-        stats_acc: Dict[str, List[float]] = {}
-        losses: List[float] = []
-        for mbs in self.microbatch_schedule(len(ro)):
-            self.apply_optimizer_step(self.backward_pass(ro, mbs, adv_local, stats_acc, losses), stats_acc)
-        out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
-        out["loss"] = float(np.mean(losses)) if losses else float("nan")
-        return out
+    def any_process(self, flag: torch.Tensor) -> bool:
+        return float(self.accelerator.reduce(flag.reshape(1).float(), "sum").sum()) > 0
 
-    def apply_optimizer_step(self, nonfinite: torch.Tensor, stats_acc: Dict[str, List[float]]) -> bool:
-        """Clip, step, zero grads and update the EMA — unless any process saw a non-finite loss, in which case
-        the step is skipped on every process and counted. Returns whether the step was taken."""
-        acc, cfg = self.accelerator, self.cfg
-        if float(acc.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
-            self.optimizer.zero_grad(set_to_none=True)
+    def apply_step(self, parts, nonfinite: torch.Tensor, stats: Dict[str, list], phase: Phase) -> bool:
+        """Clip, step, zero grads and update the EMA of each part — unless any process saw a non-finite loss, in
+        which case the step is skipped on every process and counted. Returns whether the step was taken."""
+        if self.any_process(nonfinite):
+            for p in parts:
+                p.optimizer.zero_grad(set_to_none=True)
             self.counters["skipped_nonfinite_loss"] += 1
             return False
-        if cfg.train.max_grad_norm > 0:
-            gn = acc.clip_grad_norm_(self.generator.trainable_parameters(), cfg.train.max_grad_norm)
-            stats_acc.setdefault("grad_norm", []).append(float(gn))
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_step += 1
-        if self.ema is not None:
-            self.ema.step(self.optimizer_step)
+        for p in parts:
+            if p.max_grad_norm > 0:
+                gn = self.accelerator.clip_grad_norm_(p.params, p.max_grad_norm)
+                stats.setdefault("grad_norm" if p.name == "policy" else f"grad_norm/{p.name}", []).append(float(gn))
+            p.optimizer.step()
+            p.scheduler.step()
+            p.optimizer.zero_grad(set_to_none=True)
+            p.steps += 1
+            if p.ema is not None:
+                p.ema.step(p.steps)
         return True
 
     # ================================================================================================ loop
@@ -325,52 +294,13 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         t_start = time.time() - self.elapsed
         while self.iteration < cfg.train.iterations:
-            it = self.iteration
-            t0 = time.time()
-            ro = self.do_rollout(it)
-            t1 = time.time()
-            per_reward, groups, prompts = self.score(ro)
-            t2 = time.time()
-            metrics: Dict[str, Any] = {"step": it + 1}
-            weights = [r.weight for r in self.rewards]
-            from .algorithms.advantages import aggregate_rewards
-
-            combined = aggregate_rewards(per_reward, weights)
-            for k, name in enumerate(self.reward_names):
-                col = per_reward[:, k]
-                metrics[f"reward/{name}"] = float(torch.nanmean(col)) if (~torch.isnan(col)).any() else float("nan")
-            finite = torch.isfinite(combined)
-            metrics["reward_mean"] = float(combined[finite].mean()) if finite.any() else float("nan")
-            metrics["reward_std"] = float(combined[finite].std(unbiased=False)) if finite.any() else float("nan")
-            if torch.isinf(per_reward).any() or not finite.all():
-                self.counters["skipped_nonfinite_reward"] += 1
-                upd = {"loss": float("nan")}
-            else:
-                adv, adv_stats, keep = self.algorithm.advantages(per_reward, weights, groups, prompts,
-                                                                 cfg.reward_aggregation)
-                lo = self.rank * self.n_local
-                keep_f = keep.float().reshape(-1, *([1] * (adv.ndim - 1)))
-                adv_local = (adv * keep_f)[lo : lo + self.n_local]
-                metrics.update({k: v for k, v in adv_stats.items() if not k.startswith("_")})
-                upd = self.algorithm.update(self, ro, adv_local) if hasattr(self.algorithm, "update") else None
-                if upd is None:
-                    upd = self.update(ro, adv_local)
-                metrics.update(self.algorithm.after_iteration(self) or {})
-            t3 = time.time()
-            self.counters["trajectories"] += self.n_local * self.world
-            metrics.update(upd)
-            for key in ("loss", "kl", "clipfrac", "approx_kl"):
-                metrics.setdefault(key, float("nan") if key == "loss" else 0.0)
-            metrics.update({"seconds": t3 - t0, "time/rollout": t1 - t0, "time/reward": t2 - t1,
-                            "time/update": t3 - t2, "lr": self.lr_scheduler.get_last_lr()[0],
-                            "optimizer_step": self.optimizer_step, **self.counters})
+            metrics = self.iterate(self.iteration)
             self.iteration += 1
             self.elapsed = time.time() - t_start
             last = self.iteration >= cfg.train.iterations
             out_of_time = cfg.train.max_minutes > 0 and self.elapsed / 60 >= cfg.train.max_minutes
             if cfg.train.eval_every and self.iteration % cfg.train.eval_every == 0 and not (last or out_of_time):
-                ev = self.evaluate(self.iteration)
-                metrics.update({f"eval/{k}": v for k, v in ev.items()})
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate(self.iteration).items()})
             self.log(metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.2e}")
@@ -389,12 +319,14 @@ class Trainer:
                    "iterations": self.iteration, "trajectories": self.counters["trajectories"],
                    "seconds": self.elapsed}
         if self.is_main:
+            summary["report"] = self.write_report()
             atomic_write_json(os.path.join(self.out, "summary.json"), summary)
-            key = "reward_mean"
-            before = (self.first_eval or {}).get(key, float("nan"))
-            after = self.last_eval.get(key, float("nan"))
-            print(f"genalign: eval reward {before:.4f} -> {after:.4f} after {self.iteration} iterations; "
-                  f"checkpoint {os.path.abspath(ckpt)}", flush=True)
+            before = (self.first_eval or {}).get("reward_mean", float("nan"))
+            after = self.last_eval.get("reward_mean", float("nan"))
+            head = (f"eval reward {before:.4f} -> {after:.4f}" if self.rewards else "trained without rewards")
+            report = f"; report {os.path.abspath(summary['report'])}" if summary["report"] else ""
+            print(f"genalign: {head} after {self.iteration} iterations; checkpoint {os.path.abspath(ckpt)}{report}",
+                  flush=True)
         return summary
 
     def log(self, metrics: Dict[str, Any], jsonl: bool = True) -> None:
@@ -406,141 +338,33 @@ class Trainer:
         if jsonl:
             append_jsonl(os.path.join(self.out, "metrics.jsonl"), metrics)
 
+    def write_report(self) -> Optional[str]:
+        try:
+            from .report import write_report
+        except ImportError:
+            return None
+        return write_report(self.out)
+
     # ================================================================================================ eval
     @torch.no_grad()
     def evaluate(self, iteration: int) -> Dict[str, float]:
-        """Deterministic sampler on fixed prompts × seeds; grid PNG + samples.jsonl; mean rewards."""
-        from .sampling import save_grid
+        """Deterministic sampler on fixed prompts × seeds (sharded over processes, EMA weights when kept); media
+        + samples.jsonl on the main process; mean rewards."""
+        from .core.evalrun import evaluate_items
 
-        cfg, acc = self.cfg, self.accelerator
-        items = [(p, s) for p in self.eval_prompts for s in cfg.data.eval_seeds]
-        mine = items[self.rank :: self.world]
+        ema = self.parts["policy"].ema
         self.model.eval()
-        ctx = self.ema.swapped() if self.ema is not None else _null()
-        outs = []
-        with ctx:
-            bs = cfg.train.rollout_batch_size
-            for a in range(0, len(mine), bs):
-                chunk = mine[a : a + bs]
-                ro = self.generator.rollout([p for p, _ in chunk], [s for _, s in chunk], cfg.sampler,
-                                            num_steps=cfg.sampler.eval_num_steps, stochastic=False)
-                outs.append(ro.samples.cpu())
+        with (ema.swapped() if ema is not None else _null()):
+            result = evaluate_items(self, iteration)
         self.model.train()
-        local = torch.cat(outs) if outs else torch.zeros(0)
-        from accelerate.utils import gather_object
-
-        parts = gather_object([(mine, local)]) if self.world > 1 else [(mine, local)]
-        by_item = {}
-        for its, samples in parts:
-            for k, it in enumerate(its):
-                by_item[it] = samples[k]
-        samples = torch.stack([by_item[it] for it in items])
-        prompts = [p for p, _ in items]
-        scores = {}
-        for r, name in zip(self.rewards, self.reward_names):
-            scores[name] = r(samples.to(acc.device), prompts).cpu()
-        weights = [r.weight for r in self.rewards]
-        from .algorithms.advantages import aggregate_rewards
-
-        combined = aggregate_rewards(torch.stack([scores[n] for n in self.reward_names], 1), weights)
-        result = {"reward_mean": float(torch.nanmean(combined))}
-        for name in self.reward_names:
-            result[name] = float(torch.nanmean(scores[name]))
-        if self.is_main:
-            fname = f"iter_{iteration:06d}.png"
-            save_grid(samples, len(self.eval_prompts), len(cfg.data.eval_seeds),
-                      os.path.join(self.out, "samples", fname))
-            for k, (p, s) in enumerate(items):
-                append_jsonl(os.path.join(self.out, "samples", "samples.jsonl"),
-                             {"iteration": iteration, "prompt": p, "seed": s, "file": fname, "index": k,
-                              "rewards": {n: float(scores[n][k]) for n in self.reward_names}})
         return result
 
     # ================================================================================================ checkpoints
-    def _save_hook(self, models, weights, output_dir):
-        """accelerate save hook: the denoiser is written in diffusers' format, not as a raw state dict."""
-        if self.is_main:
-            if self.generator.is_lora:
-                self.generator.save_lora(output_dir, self.generator.lora_state_dict(self.accelerator.unwrap_model(models[0])))
-            else:
-                self.accelerator.unwrap_model(models[0]).save_pretrained(
-                    os.path.join(output_dir, self.generator.denoiser_name), safe_serialization=True)
-        while weights:  # accelerate must not also write the raw state dict
-            weights.pop()
-
-    def _load_hook(self, models, input_dir):
-        model = self.accelerator.unwrap_model(models.pop())
-        if self.generator.is_lora:
-            self.generator.load_lora_file(input_dir, model)
-        else:
-            self.generator.load_full_weights(input_dir, model)
-
     def save_checkpoint(self) -> str:
-        """Write checkpoints/checkpoint-N atomically: a temp dir renamed into place once complete."""
-        from safetensors.torch import save_file
-
-        acc = self.accelerator
-        root = os.path.join(self.out, "checkpoints")
-        final = os.path.join(root, f"{CKPT_PREFIX}{self.iteration}")
-        tmp = os.path.join(root, f".{CKPT_PREFIX}{self.iteration}.tmp")
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(tmp, safe_serialization=True)
-        if self.is_main:
-            state = {"iteration": self.iteration, "optimizer_step": self.optimizer_step, "counters": self.counters,
-                     "elapsed": self.elapsed, "first_eval": self.first_eval, "family": self.cfg.model.family,
-                     "base_model": self.cfg.model.path, "lora": self.generator.is_lora}
-            atomic_write_json(os.path.join(tmp, "trainer_state.json"), state)
-            extra = {}
-            if self.ema is not None:
-                extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-            extra.update({f"algorithm.{k}": v.contiguous() for k, v in self.algorithm.state_dict().items()})
-            if extra:
-                save_file(extra, os.path.join(tmp, "extra_state.safetensors"))
-            if self.ema is not None and self.generator.is_lora:  # EMA weights as a loadable LoRA too
-                with self.ema.swapped():
-                    os.makedirs(os.path.join(tmp, "ema"), exist_ok=True)
-                    self.generator.save_lora(os.path.join(tmp, "ema"))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune_checkpoints(root)
-        acc.wait_for_everyone()
-        return final
-
-    def _prune_checkpoints(self, root: str) -> None:
-        keep = self.cfg.train.keep_checkpoints
-        if keep <= 0:
-            return
-        ck = list_checkpoints(self.out)
-        for path in ck[:-keep]:
-            shutil.rmtree(path, ignore_errors=True)
+        return self.checkpointer.save()
 
     def load_checkpoint(self, path: str) -> None:
-        from safetensors.torch import load_file
-
-        state_file = os.path.join(path, "trainer_state.json")
-        try:
-            with open(state_file) as f:
-                state = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({e})") from None
-        self.accelerator.load_state(path)
-        self.iteration = int(state["iteration"])
-        self.optimizer_step = int(state["optimizer_step"])
-        self.counters.update(state.get("counters", {}))
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.first_eval = state.get("first_eval")
-        extra_file = os.path.join(path, "extra_state.safetensors")
-        if os.path.exists(extra_file):
-            extra = load_file(extra_file)
-            if self.ema is not None:
-                self.ema.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
-            self.algorithm.load_state_dict({k[10:]: v for k, v in extra.items() if k.startswith("algorithm.")})
-        if self.is_main:
-            print(f"genalign: resumed from {path} at iteration {self.iteration}", flush=True)
+        self.checkpointer.load(path)
 
 
 # ==================================================================================================== helpers
@@ -559,24 +383,6 @@ def has_accelerator_device() -> bool:
         return True
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
-
-
-def list_checkpoints(out_dir: str) -> List[str]:
-    root = os.path.join(out_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        if name.startswith(CKPT_PREFIX) and name[len(CKPT_PREFIX):].isdigit():
-            p = os.path.join(root, name)
-            if os.path.exists(os.path.join(p, "trainer_state.json")):
-                found.append((int(name[len(CKPT_PREFIX):]), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(out_dir: str) -> Optional[str]:
-    ck = list_checkpoints(out_dir)
-    return ck[-1] if ck else None
 
 
 def gather_list(acc, items: List[Any]) -> List[Any]:

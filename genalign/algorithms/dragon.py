@@ -34,8 +34,8 @@ SPLIT_MODES = ("median", "quantile")
 def prediction_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over non-batch dims of (pred − target)², in float32 → shape (N,).
 
-    Targets: ε for VP ε-prediction; ``conversions.vp_target`` for other VP types; ε − x0
-    (``conversions.flow_target``) for rectified flow ([R] flow adaptation)."""
+    Targets: the model's noise law's ``target`` (``Generator.law``): ε for VP ε-prediction, the v / x0 target for
+    other VP types, ε − x0 for rectified flow ([R] flow adaptation)."""
     err = (as_float(pred) - as_float(target)) ** 2
     return err.mean(dim=tuple(range(1, err.ndim))) if err.ndim > 1 else err
 
@@ -268,11 +268,9 @@ def make_pairs(
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 from genalign.algorithms.advantages import aggregate_rewards  # noqa: E402
 from genalign.algorithms.base import Algorithm  # noqa: E402
-from genalign.algorithms.conversions import flow_target, vp_alpha_sigma, vp_target  # noqa: E402
 from genalign.algorithms.nft import TIMESTEP_SAMPLING, training_point  # noqa: E402
 from genalign.registry import ALGORITHMS  # noqa: E402
 
@@ -358,7 +356,6 @@ class Dragon(Algorithm):
                               f"{self.t_min}, {self.t_max}")
         if self.lambda_pos < 0 or self.lambda_neg < 0:
             raise ConfigError("'algorithm.lambda_pos'/'lambda_neg' must be >= 0")
-        self._stash = None
         self._epoch = 0
 
     @property
@@ -371,26 +368,28 @@ class Dragon(Algorithm):
             return float(self.beta)
         return 1000.0 if self.loss == "kto" else 5000.0
 
-    def setup(self, ctx) -> None:
-        ctx.generator.make_reference()
+    schedule_salt = 5
+    always_shuffle = True
 
-    def rollout_kwargs(self, ctx, iteration: int) -> Dict[str, Any]:
+    def setup(self, view) -> None:
+        view.generator.make_reference()
+
+    def rollout_kwargs(self, view, iteration: int) -> Dict[str, Any]:
         return {} if self.rollout_guidance_scale is None else {"guidance_scale": float(self.rollout_guidance_scale)}
 
     # -------------------------------------------------------------------------------- split
     def advantages(self, per_reward, weights, group_ids, prompts, mode):
-        # DRAGON does not use advantages: keep the gathered rewards for the split in update(); return the
+        # DRAGON does not use advantages (the split reads the gathered rewards from the batch); return the
         # aggregated score so the trainer's bookkeeping stays uniform.
-        self._stash = (per_reward.clone(), group_ids.clone(), list(prompts), list(weights))
         score = torch.nan_to_num(aggregate_rewards(per_reward, weights), nan=0.0)
         return score, {"zero_std_ratio": 0.0}, torch.ones(score.shape[0], dtype=torch.bool)
 
-    def _set_value_fn(self, ctx, samples: torch.Tensor, prompts: Sequence[str], k: int) -> Callable:
+    def _set_value_fn(self, view, samples: torch.Tensor, prompts: Sequence[str], k: int) -> Callable:
         """R_k of an index subset of the gathered batch: the reward's ``set_value`` when it has one (genalign's
         distributional rewards), else the mean of its scores on the subset (rewards broadcasting their set value,
         e.g. ``digit_fd`` mode ``set``, ``digit_diversity``)."""
-        reward = ctx.rewards[k]
-        dev = ctx.accelerator.device
+        reward = view.rewards[k]
+        dev = view.device
 
         def value(idx: torch.Tensor) -> float:
             idx = torch.as_tensor(idx, dtype=torch.long)
@@ -406,9 +405,10 @@ class Dragon(Algorithm):
             return self.set_contribution
         return "given" if hasattr(reward, "set_value") else "loo"
 
-    def split_sets(self, ctx, ro) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    def split_sets(self, view, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         """Global D⁺/D⁻ index tensors (identical on every process) and split statistics."""
-        per_reward, groups, prompts, weights = self._stash
+        per_reward, groups, prompts, weights = batch.per_reward, batch.group_ids, batch.prompts, batch.weights
+        rewards = view.rewards
         n = per_reward.shape[0]
         stats: Dict[str, float] = {}
         if self.split == "instance":
@@ -417,21 +417,18 @@ class Dragon(Algorithm):
                                       self.quantile)
             ref_score = score
         else:
-            set_ks = [k for k, r in enumerate(ctx.rewards) if r.scope == "set"]
-            need_samples = any(self._contribution_kind(ctx.rewards[k]) == "loo" or hasattr(ctx.rewards[k], "set_value")
+            set_ks = [k for k, r in enumerate(rewards) if r.scope == "set"]
+            need_samples = any(self._contribution_kind(rewards[k]) == "loo" or hasattr(rewards[k], "set_value")
                                for k in set_ks)
-            samples = None
-            if need_samples:
-                acc = ctx.accelerator
-                samples = acc.gather(ro.samples.to(acc.device)).cpu() if acc.num_processes > 1 else ro.samples.cpu()
+            samples = view.gather(batch.rollout.samples.cpu()) if need_samples else None
             contrib = torch.zeros(n, dtype=torch.float64)
             values = []
             verifiable = bool(set_ks)
-            for k, r in enumerate(ctx.rewards):
+            for k, r in enumerate(rewards):
                 w = float(weights[k])
                 if r.scope == "set":
                     kind = self._contribution_kind(r)
-                    fn = self._set_value_fn(ctx, samples, prompts, k) if samples is not None else None
+                    fn = self._set_value_fn(view, samples, prompts, k) if samples is not None else None
                     if kind == "loo":
                         contrib += w * leave_one_out_contributions(fn, n)
                     else:  # the reward's per-sample scores are its contributions (R(D) − R(D∖i))
@@ -463,100 +460,64 @@ class Dragon(Algorithm):
         return pos, neg, stats
 
     # -------------------------------------------------------------------------------- errors
-    def errors(self, ctx, mb, unit: int, point_seeds: List[int]):
+    def errors(self, view, mb, unit: int, point_seeds: List[int]):
         """(err_θ with grad, err_ref) per sample of ``mb`` at a fresh (t, ε) drawn from ``point_seeds`` (a DPO
         pair passes the winner's seed for both members, so they share t and ε)."""
-        gen, acc = ctx.generator, ctx.accelerator
+        gen = view.generator
         x0 = mb.states[:, -1].to(gen.device)
         pt = training_point(gen, mb.schedule, x0, point_seeds, unit, self._epoch, self.timestep_sampling,
                             self.t_min, self.t_max)
-        if gen.kind == "flow":
-            target = flow_target(pt.x0, pt.noise)
-        else:
-            a, s = vp_alpha_sigma(pt.time)
-            target = vp_target(pt.x0, pt.noise, a, s, gen.prediction_type)
-        with torch.no_grad(), acc.autocast(), gen.reference() as ref:
+        target = gen.law.target(pt.x0, pt.noise, pt.time)
+        with view.reference() as ref:
             err_ref = prediction_error(gen.predict(ref, pt.x_t, pt.t_model, mb.cond, 1.0), target)
-        err = prediction_error(gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0), target)
+        err = prediction_error(view.predict(pt.x_t, pt.t_model, mb.cond, 1.0), target)
         return err, err_ref
 
-    # -------------------------------------------------------------------------------- update
-    def update(self, ctx, ro, adv_local):
-        from genalign.trainer import derive_seed
-
-        cfg, acc = ctx.cfg, ctx.accelerator
-        world, rank, n_local = acc.num_processes, acc.process_index, len(ro)
-        pos, neg, split_stats = self.split_sets(ctx, ro)
-        out: Dict[str, float] = dict(split_stats)
+    # -------------------------------------------------------------------------------- training items
+    def items(self, view, batch) -> List[Tuple[int, ...]]:
+        """This process's training items: (i, label) for KTO over its D⁺/D⁻ members, (winner, loser) pairs for DPO
+        (formed within the shard, so pairs never straddle processes). Empty when a side of the split is empty."""
+        pos, neg, stats = self.split_sets(view, batch)
+        self._stats = dict(stats)
         if pos.numel() == 0 or neg.numel() == 0:
-            out.update({"loss": float("nan"), "dragon/skipped": 1.0})
-            return out
+            self._stats["dragon/skipped"] = 1.0
+            return []
+        n_local = len(batch)
+        lo, hi = view.rank * n_local, (view.rank + 1) * n_local
+        p = [int(i) - lo for i in pos.tolist() if lo <= i < hi]
+        q = [int(i) - lo for i in neg.tolist() if lo <= i < hi]
+        if self.loss == "kto":
+            items = [(i, 1) for i in p] + [(i, 0) for i in q]
+        else:
+            w, l_ = make_pairs(torch.tensor(p, dtype=torch.long), torch.tensor(q, dtype=torch.long),
+                               batch.group_ids[lo:hi], self.cross_group_pairs)
+            items = list(zip(w.tolist(), l_.tolist()))
+        self._stats["dragon/n_items"] = float(sum(view.gather(torch.tensor([len(items)])).tolist()))
+        return items
 
-        def shard_items(r: int) -> List[Tuple[int, ...]]:
-            lo, hi = r * n_local, (r + 1) * n_local
-            p = [int(i) - lo for i in pos.tolist() if lo <= i < hi]
-            q = [int(i) - lo for i in neg.tolist() if lo <= i < hi]
-            if self.loss == "kto":
-                return [(i, 1) for i in p] + [(i, 0) for i in q]
-            groups = self._stash[1][lo:hi]
-            w, l = make_pairs(torch.tensor(p, dtype=torch.long), torch.tensor(q, dtype=torch.long),
-                              groups, self.cross_group_pairs)
-            return list(zip(w.tolist(), l.tolist()))
+    def units(self, batch, items) -> int:
+        return self.num_timesteps
 
-        counts = [len(shard_items(r)) for r in range(world)]
-        items = shard_items(rank)
-        out["dragon/n_items"] = float(sum(counts))
-        if max(counts) == 0:
-            out.update({"loss": float("nan"), "dragon/skipped": 1.0})
-            return out
-        S = cfg.train.optimizer_steps_per_iteration
-        bs = cfg.train.train_batch_size
-        hook = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None
-        stats_acc: Dict[str, list] = {}
-        losses: list = []
-        beta = self.effective_beta
-        for epoch in range(cfg.train.inner_epochs):
-            g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, ctx.iteration, epoch, rank, 5))
-            order = torch.randperm(len(items), generator=g).tolist() if items else []
-            max_items = max(counts)
-            n_chunks = min(S, max_items)
-            for c in range(n_chunks):
-                # chunk c of every shard: aligned micro-batch counts across processes
-                def chunk_of(m):
-                    return [int(x) for x in np.array_split(np.arange(m), n_chunks)[c]]
+    def losses(self, view, batch, items):
+        hook = view.sum_hook()
+        for u in range(self.num_timesteps):
+            yield self._unit_loss(view, batch.rollout, items, u, self.effective_beta, hook)
 
-                mine = [items[order[j]] for j in chunk_of(len(items))]
-                n_mbs = max(1, max(-(-len(chunk_of(m)) // bs) for m in counts))
-                nonfinite = torch.zeros((), device=acc.device)
-                for mi in range(n_mbs):
-                    part = mine[mi * bs : (mi + 1) * bs]
-                    last_mb = mi == n_mbs - 1
-                    for u in range(self.num_timesteps):
-                        loss, st = self._unit_loss(ctx, ro, part, u, beta, hook)
-                        value = ctx.accumulate(loss, self.num_timesteps * n_mbs,
-                                               last_mb and u == self.num_timesteps - 1, nonfinite)
-                        if part:
-                            losses.append(value)
-                            for k, v in st.items():
-                                if v == v:  # skip NaN stats (an empty side)
-                                    stats_acc.setdefault(k, []).append(float(v))
-                ctx.apply_optimizer_step(nonfinite, stats_acc)
+    def after_iteration(self, view) -> Dict[str, float]:
         self._epoch += 1
-        out.update({k: float(np.mean(v)) for k, v in stats_acc.items()})
-        out["loss"] = float(np.mean(losses)) if losses else float("nan")
-        return out
+        return dict(getattr(self, "_stats", {}))
 
-    def _unit_loss(self, ctx, ro, part, unit: int, beta: float, hook):
+    def _unit_loss(self, view, ro, part, unit: int, beta: float, hook):
         if not part:  # a dummy micro-batch keeping collectives aligned: zero loss through the model
             mb = ro.index([0])
-            err, _ = self.errors(ctx, mb, unit, mb.seeds)
+            err, _ = self.errors(view, mb, unit, mb.seeds)
             if self.loss == "kto" and hook is not None:
                 hook(torch.zeros(2, dtype=torch.float64, device=err.device))  # the z₀ all-reduce of the others
             return err.sum() * 0.0, {}
         if self.loss == "kto":
             idx = [i for i, _ in part]
             mb = ro.index(idx)
-            err, err_ref = self.errors(ctx, mb, unit, mb.seeds)
+            err, err_ref = self.errors(view, mb, unit, mb.seeds)
             y = torch.tensor([lab for _, lab in part], dtype=torch.bool)
             loss, st = diffusion_kto_loss(err, err_ref, y, beta, self.lambda_pos, self.lambda_neg, all_reduce=hook)
         else:
@@ -564,7 +525,7 @@ class Dragon(Algorithm):
             l_ = [b for _, b in part]
             mb = ro.index(w + l_)
             seeds = [ro.seeds[a] for a in w] * 2  # a pair shares t and ε
-            err, err_ref = self.errors(ctx, mb, unit, seeds)
+            err, err_ref = self.errors(view, mb, unit, seeds)
             k = len(w)
             loss, st = diffusion_dpo_loss(err[:k], err_ref[:k], err[k:], err_ref[k:], beta)
         return loss, {kk: float(v) for kk, v in st.items()}

@@ -60,9 +60,9 @@ class GRPO(Algorithm):
     def store_means(self) -> bool:  # GRPO-Guard needs μ_old
         return self.guard
 
-    def setup(self, ctx) -> None:
+    def setup(self, view) -> None:
         if self.beta > 0:
-            ctx.generator.make_reference()
+            view.generator.make_reference()
 
     # -------------------------------------------------------------------------------- advantages
     def advantages(self, per_reward, weights, group_ids, prompts, mode):
@@ -79,20 +79,27 @@ class GRPO(Algorithm):
         return adv, {"zero_std_ratio": st["zero_std_ratio"]}, keep
 
     # -------------------------------------------------------------------------------- loss
-    def units(self, mb) -> int:
-        return int(mb.train_steps.shape[1])
+    def units(self, batch, items) -> int:
+        return int(batch.rollout.train_steps.shape[1])
 
-    def losses(self, ctx, mb, adv):
-        gen, scfg = ctx.generator, ctx.cfg.sampler
+    def mix(self, adv: torch.Tensor) -> torch.Tensor:
+        """The advantage a plain step trains on (MARBLE-GRPO mixes per-reward columns)."""
+        return adv
+
+    def losses(self, view, batch, items):
+        """One unit per trained step. With ``view.probe`` (multi-objective steps) each unit yields the list of the
+        per-column losses of (N, K) advantages from one forward."""
+        mb, adv = self.minibatch(batch, items)
+        gen, scfg = view.generator, view.cfg.sampler
+        probe = getattr(view, "probe", False)
+        cols = [adv[:, k] for k in range(adv.shape[1])] if probe else [self.mix(adv)]
         lo = self.clip_range_low if self.clip_range_low is not None else self.clip_range
         hi = self.clip_range_high if self.clip_range_high is not None else self.clip_range
-        n = len(mb)
-        ar = torch.arange(n)
+        ar = torch.arange(len(mb))
         for k in range(mb.train_steps.shape[1]):
             j = mb.train_steps[:, k]
-            lp, mu, std = gen.step_log_prob(ctx.model, mb, j, scfg, detach_uncond=scfg.detach_uncond)
+            lp, mu, std = view.step_log_prob(mb, j, detach_uncond=scfg.detach_uncond)
             old_lp = mb.log_probs[ar, j].to(lp.device)
-            a = adv.to(lp.device)
             log_ratio = lp - old_lp
             if self.guard:
                 mu_old = mb.means[ar, j].to(mu.device)
@@ -101,27 +108,28 @@ class GRPO(Algorithm):
                 ratio = torch.exp(s * (log_ratio + d2 / (2 * s**2)))
             else:
                 ratio = torch.exp(log_ratio)
-            per_sample = ppo_clip_loss(ratio, a, lo, hi)
-            dt = step_dt(mb.schedule, j, gen.kind).to(lp.device)
-            if self.guard and gen.kind == "flow":
-                per_sample = per_sample / dt
-            loss = per_sample.mean()
+            dt = gen.law.step_dt(mb.schedule, j).to(lp.device)  # 1 for VP: the 1/|dt| and ×|dt| below are no-ops
+            out = []
+            for a in cols:
+                per_sample = ppo_clip_loss(ratio, a.to(lp.device), lo, hi)
+                if self.guard:
+                    per_sample = per_sample / dt
+                out.append(per_sample.mean())
             stats = {
                 "clipfrac": float(((ratio - 1).abs() > self.clip_range).float().mean()),
                 "approx_kl": float(0.5 * (log_ratio.detach() ** 2).mean()),
                 "ratio": float(ratio.detach().mean()),
-                "policy_loss": float(loss.detach()),
+                "policy_loss": float(out[0].detach()),
             }
             if self.beta > 0:
-                with torch.no_grad(), ctx.accelerator.autocast(), gen.reference() as ref:
-                    _, mu_ref, _ = gen.step_log_prob(ref, mb, j, scfg)
-                form = self.kl_form if gen.kind == "flow" else "exact"
-                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, form).mean()
-                loss = loss + self.beta * kl
+                with view.reference() as ref:
+                    _, mu_ref, _ = view.step_log_prob(mb, j, model=ref)
+                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, self.kl_form).mean()
+                out = [o + self.beta * kl for o in out]
                 stats["kl"] = float(kl.detach())
             else:
                 stats["kl"] = 0.0
-            yield loss, stats
+            yield (out if probe else out[0]), stats
 
     def state_dict(self):
         return {}
@@ -139,14 +147,6 @@ def mean_kl(mu: torch.Tensor, mu_ref: torch.Tensor, std: torch.Tensor, dt: torch
     ``flow_grpo``: the reference code's mean_d (μ−μ_ref)²/(2 s_t²) = exact × |dt|."""
     kl = ((mu - mu_ref) ** 2).flatten(1).mean(1) / (2 * std**2)
     return kl * dt if form == "flow_grpo" else kl
-
-
-def step_dt(schedule, j: torch.Tensor, kind: str) -> torch.Tensor:
-    """|dt| of step j for flow models (σ_j − σ_{j+1}); 1 for VP models."""
-    if kind != "flow":
-        return torch.ones(j.shape[0])
-    s = schedule.sigmas
-    return (s[j] - s[j + 1]).abs().float()
 
 
 def best_of_n_mask(adv: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -404,7 +404,6 @@ def mix_optimality(r_per_reward: torch.Tensor, alpha: torch.Tensor) -> torch.Ten
 # ================================================================================================ trainer glue
 from dataclasses import dataclass, field  # noqa: E402
 
-import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -516,12 +515,12 @@ class Marble(NFT):
         self._w: Optional[torch.Tensor] = None
         self._steps = 0  # optimiser steps taken by this algorithm (the refresh clock)
 
-    def setup(self, ctx) -> None:
-        super().setup(ctx)
-        k = len(ctx.rewards)
-        self._names = list(ctx.reward_names)
+    def setup(self, view) -> None:
+        super().setup(view)
+        k = len(view.rewards)
+        self._names = list(view.reward_names)
         self._smoother = CoefficientSmoother(k, self.period, self.rho, self.smoother_init)
-        w = torch.tensor([max(float(r.weight), 0.0) for r in ctx.rewards], dtype=torch.float64)
+        w = torch.tensor([max(float(r.weight), 0.0) for r in view.rewards], dtype=torch.float64)
         self._fixed = w / w.sum() if w.sum() > 0 else torch.full((k,), 1.0 / k, dtype=torch.float64)
         self._w = self._fixed.clone()
 
@@ -538,107 +537,31 @@ class Marble(NFT):
         return adv, {"zero_std_ratio": float(np.mean(zs))}, torch.ones(adv.shape[0], dtype=torch.bool)
 
     # -------------------------------------------------------------------------------- update
-    def _hook(self, ctx):
-        if not self.sharded_gradients:
-            return None
-        return lambda t: ctx.accelerator.reduce(t, reduction="sum")
+    def objectives(self, view) -> int:
+        """Called once per optimiser step: K on a refresh (every ``period`` steps), else 1 (one mixed pass)."""
+        k = len(self._names) if self._steps % self.period == 0 else 1
+        self._steps += 1
+        return k
 
-    def per_reward_gradients(self, ctx, ro, mbs, r_all: torch.Tensor, stats_acc, losses) -> Tuple[list, torch.Tensor]:
-        """K lists of per-parameter gradients of L_NFT(θ; r_k), averaged like the trainer's accumulation
-        (1/(units × micro-batches)) and over processes. One forward per unit, K backward (VJP) passes."""
-        acc = ctx.accelerator
-        params = self._params
-        K = r_all.shape[0]
-        grads = [[torch.zeros_like(p) for p in params] for _ in range(K)]
-        nonfinite = torch.zeros((), device=acc.device)
-        with acc.no_sync(ctx.model):
-            for idx in mbs:
-                mb = ro.index(idx.tolist())
-                units = self.units(mb)
-                for u in range(units):
-                    pt, pred, p_old, p_ref = self.predictions(ctx, mb, u)
-                    for k in range(K):
-                        loss, st = self.loss_from(ctx, pt, pred, p_old, p_ref, r_all[k, idx])
-                        if not torch.isfinite(loss):
-                            nonfinite += 1
-                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                        gs = torch.autograd.grad(loss / (units * len(mbs)), params, retain_graph=k < K - 1,
-                                                 allow_unused=True)
-                        for buf, g in zip(grads[k], gs):
-                            if g is not None:
-                                buf.add_(g.to(buf.dtype))
-                        if k == 0:
-                            losses.append(float(loss.detach()))
-                            stats_acc.setdefault("kl", []).append(float(st["kl_loss"]))
-                            stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
-        if acc.num_processes > 1 and not self.sharded_gradients:
-            for gl in grads:
-                for g in gl:
-                    g.copy_(acc.reduce(g, reduction="mean"))
-        return grads, nonfinite
+    @property
+    def probe_fraction(self) -> float:
+        return self.refresh_fraction
 
-    def _mixed_pass(self, ctx, ro, mbs, r_mix, stats_acc, losses) -> torch.Tensor:
-        nonfinite = torch.zeros((), device=ctx.accelerator.device)
-        for mi, idx in enumerate(mbs):
-            mb = ro.index(idx.tolist())
-            units = self.units(mb)
-            for u in range(units):
-                pt, pred, p_old, p_ref = self.predictions(ctx, mb, u)
-                loss, st = self.loss_from(ctx, pt, pred, p_old, p_ref, r_mix[idx])
-                losses.append(ctx.accumulate(loss, units * len(mbs), mi == len(mbs) - 1 and u == units - 1,
-                                             nonfinite))
-                stats_acc.setdefault("kl", []).append(float(st["kl_loss"]))
-                stats_acc.setdefault("x0_mse", []).append(float(st["x0_mse"]))
-        return nonfinite
+    def optimality(self, adv: torch.Tensor, probe: bool) -> List[torch.Tensor]:
+        if adv.ndim != 2 or adv.shape[1] != len(self._names):
+            raise GenalignError(f"MARBLE needs (N, {len(self._names)}) per-reward advantages, got {tuple(adv.shape)}")
+        r_all = per_reward_optimality(adv.T, self.adv_clip_max)  # (K, n)
+        return list(r_all) if probe else [mix_optimality(r_all, self._w)]
 
-    def _subsample(self, ctx, mbs):
-        """A seeded random ``refresh_fraction`` share of each micro-batch (at least one sample)."""
-        from genalign.trainer import derive_seed
+    def combine(self, view, grads, stats):
+        """Gram → α* → smoothed weights; the exact refresh applies Σ_k w_k g_k, a ``refresh_fraction`` < 1 one
+        returns None so that the step is an ordinary r_mix pass on the whole batch under the new weights."""
+        hook = view.sum_hook() if self.sharded_gradients else None
+        direction = _balance_step(self, grads, stats, hook, None if self.balance == "min_norm" else self._fixed)
+        return direction if self.refresh_fraction >= 1.0 else None
 
-        g = torch.Generator().manual_seed(derive_seed(ctx.cfg.train.seed, ctx.iteration, self._steps, ctx.rank, 7))
-        out = []
-        for idx in mbs:
-            m = max(1, int(math.ceil(self.refresh_fraction * len(idx))))
-            out.append(idx[torch.randperm(len(idx), generator=g)[:m]])
-        return out
-
-    def refresh(self, ctx, ro, mbs, r_all, stats_acc, losses) -> torch.Tensor:
-        """Per-reward gradients → Gram → α* → smoothed weights; leaves the step's gradient in the .grad fields
-        (Σ_k w_k g_k, or with ``refresh_fraction`` < 1 one r_mix pass over the whole batch)."""
-        exact = self.refresh_fraction >= 1.0
-        grads, nonfinite = self.per_reward_gradients(ctx, ro, mbs if exact else self._subsample(ctx, mbs), r_all,
-                                                     stats_acc, losses if exact else [])
-        hook = self._hook(ctx)
-        if float(ctx.accelerator.reduce(nonfinite.reshape(1).float(), "sum").sum()) > 0:
-            return nonfinite  # apply_optimizer_step skips and counts it
-        direction = _balance_step(self, grads, stats_acc, hook, None if self.balance == "min_norm" else self._fixed)
-        if exact:
-            for p, g in zip(self._params, direction):
-                p.grad = None if g is None else g.to(p.dtype)
-        else:
-            del grads, direction
-            for p in self._params:
-                p.grad = None
-            nonfinite = self._mixed_pass(ctx, ro, mbs, mix_optimality(r_all, self._w), stats_acc, losses)
-        return nonfinite
-
-    def update(self, ctx, ro, adv_local):
-        self._restore()
-        if adv_local.ndim != 2 or adv_local.shape[1] != len(self._names):
-            raise GenalignError(f"MARBLE needs (N, {len(self._names)}) per-reward advantages, got "
-                                f"{tuple(adv_local.shape)}")
-        r_all = per_reward_optimality(adv_local.T, self.adv_clip_max)  # (K, n)
-        stats_acc: Dict[str, list] = {}
-        losses: list = []
-        for mbs in ctx.microbatch_schedule(len(ro)):
-            if self._steps % self.period == 0:
-                nonfinite = self.refresh(ctx, ro, mbs, r_all, stats_acc, losses)
-            else:
-                nonfinite = self._mixed_pass(ctx, ro, mbs, mix_optimality(r_all, self._w), stats_acc, losses)
-            ctx.apply_optimizer_step(nonfinite, stats_acc)
-            self._steps += 1
-        out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
-        out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    def after_iteration(self, view) -> Dict[str, float]:
+        out = super().after_iteration(view)
         for k, name in enumerate(self._names):
             out[f"marble/mix_{name}"] = float(self._w[k])
         return out
@@ -689,11 +612,10 @@ class MarbleGRPO(GRPO):
                               "or best_of_n")
         self._steps = 0
 
-    def setup(self, ctx) -> None:
-        super().setup(ctx)
-        k = len(ctx.rewards)
-        self._names = list(ctx.reward_names)
-        self._params = ctx.generator.trainable_parameters()
+    def setup(self, view) -> None:
+        super().setup(view)
+        k = len(view.rewards)
+        self._names = list(view.reward_names)
         self._smoother = CoefficientSmoother(k, self.period, self.rho, self.smoother_init)
         self._w = torch.full((k,), 1.0 / k, dtype=torch.float64)
 
@@ -704,28 +626,17 @@ class MarbleGRPO(GRPO):
         adv = torch.stack(cols, 1)
         return adv, {"zero_std_ratio": 0.0}, torch.ones(adv.shape[0], dtype=torch.bool)
 
-    def update(self, ctx, ro, adv_local):
-        K = adv_local.shape[1]
-        stats_acc: Dict[str, list] = {}
-        losses: list = []
-        for mbs in ctx.microbatch_schedule(len(ro)):
-            if self._steps % self.period == 0:
-                grads, nonfinite = [], torch.zeros((), device=ctx.accelerator.device)
-                for k in range(K):
-                    ctx.optimizer.zero_grad(set_to_none=True)
-                    nonfinite = nonfinite + ctx.backward_pass(ro, mbs, adv_local[:, k], stats_acc,
-                                                          losses if k == 0 else [])
-                    grads.append([None if p.grad is None else p.grad.detach().clone() for p in self._params])
-                for p, d in zip(self._params, _balance_step(self, grads, stats_acc)):
-                    p.grad = None if d is None else d.to(p.dtype)
-            else:
-                a_mix = (adv_local.double() * self._w.unsqueeze(0)).sum(1).float()
-                nonfinite = ctx.backward_pass(ro, mbs, a_mix, stats_acc, losses)
-            ctx.apply_optimizer_step(nonfinite, stats_acc)
-            self._steps += 1
-        out = {k: float(np.mean(v)) for k, v in stats_acc.items()}
-        out["loss"] = float(np.mean(losses)) if losses else float("nan")
-        return out
+    def objectives(self, view) -> int:
+        """Called once per optimiser step: K per-reward gradients on a refresh step, else one mixed pass."""
+        k = len(self._names) if self._steps % self.period == 0 else 1
+        self._steps += 1
+        return k
+
+    def mix(self, adv: torch.Tensor) -> torch.Tensor:
+        return (adv.double() * self._w.unsqueeze(0)).sum(1).float()
+
+    def combine(self, view, grads, stats):
+        return _balance_step(self, grads, stats)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         sd = {f"smoother.{k}": v for k, v in self._smoother.state_dict().items()}

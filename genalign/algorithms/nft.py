@@ -32,7 +32,7 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-from genalign.algorithms.conversions import as_float, bcast, vp_alpha_sigma, vp_pred_to_flow_velocity
+from genalign.algorithms.conversions import as_float, bcast
 from genalign.errors import ConfigError, GenalignError, choices
 
 DECAY_TYPES = (0, 1, 2)
@@ -178,21 +178,46 @@ def nft_loss_vp(
     x_flow = x_t/(α+σ); see the module docstring. ``kl_space`` picks where λ·mean(·)² is taken:
     ``"flow"`` (flow velocities) or ``"native"`` (the raw model outputs).
     """
+    from genalign.models.laws import VP
+
+    return nft_loss_law(VP(prediction_type), pred_theta, pred_old, x0, x_t, alpha_bar, r, beta,
+                        adv_clip_max=adv_clip_max, pred_ref=pred_ref, ref_weight=ref_weight, kl_space=kl_space,
+                        min_weight=min_weight)
+
+
+def nft_loss_law(
+    law,
+    pred_theta: torch.Tensor,
+    pred_old: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t,
+    r: torch.Tensor,
+    beta: float,
+    adv_clip_max: float = 5.0,
+    pred_ref: Optional[torch.Tensor] = None,
+    ref_weight: float = 1e-4,
+    kl_space: str = "flow",
+    min_weight: float = 1e-5,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """DiffusionNFT for a model of any noise law (``genalign.models.laws``; ``t`` in the law's time): the native
+    predictions become the same-SNR flow velocity (``law.flow_velocity``) at the flow state ``law.flow_state``
+    and :func:`nft_loss` applies unchanged (see the module docstring). For a rectified-flow law both maps are the
+    identity, so this is :func:`nft_loss` itself (and both ``kl_space`` values coincide).
+    ``kl_space``: λ·mean(·)² on flow velocities (``"flow"``) or on the raw model outputs (``"native"``)."""
     if kl_space not in KL_SPACES:
         raise ConfigError(f"unknown kl_space {kl_space!r}; valid: {choices(KL_SPACES)}")
     x_t = as_float(x_t)
-    a, s = vp_alpha_sigma(torch.as_tensor(alpha_bar, device=x_t.device))
-    t_flow = s / (a + s)
-    x_flow = x_t / bcast(a + s, x_t)
-    v_theta = vp_pred_to_flow_velocity(pred_theta, x_t, alpha_bar, prediction_type)
-    v_old = vp_pred_to_flow_velocity(as_float(pred_old).detach(), x_t, alpha_bar, prediction_type)
+    x_flow, t_flow = law.flow_state(x_t, t)
+    v_theta = law.flow_velocity(pred_theta, x_t, t)
+    v_old = law.flow_velocity(as_float(pred_old).detach(), x_t, t)
     loss, stats = nft_loss(
         v_theta, v_old, x0, x_flow, t_flow, r, beta, adv_clip_max=adv_clip_max, v_ref=None, min_weight=min_weight
     )
     kl = torch.zeros((), device=loss.device)
     if pred_ref is not None and ref_weight > 0:
         if kl_space == "flow":
-            v_ref = vp_pred_to_flow_velocity(as_float(pred_ref).detach(), x_t, alpha_bar, prediction_type)
+            v_ref = law.flow_velocity(as_float(pred_ref).detach(), x_t, t)
             kl = _mean_nonbatch((v_theta - v_ref) ** 2).mean()
         else:
             kl = _mean_nonbatch((as_float(pred_theta) - as_float(pred_ref).detach()) ** 2).mean()
@@ -232,34 +257,30 @@ def ema_update_(old_params: Iterable[torch.Tensor], params: Iterable[torch.Tenso
 
 
 # ================================================================================================ trainer glue
-# Everything below wires the pure functions above into genalign's trainer (genalign/trainer.py). The ctx passed
-# to the methods is the Trainer: ctx.generator, ctx.model (accelerate-prepared denoiser), ctx.accelerator, ...
+# Everything below wires the pure functions above into genalign's trainer through the narrow view
+# (genalign/core/view.py): view.generator, view.predict, view.reference(), view.parameters(), view.step_count().
 
 import contextlib  # noqa: E402
-import hashlib  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, List  # noqa: E402
 
 from genalign.algorithms.advantages import combined_advantages  # noqa: E402
 from genalign.algorithms.base import Algorithm  # noqa: E402
-from genalign.algorithms.conversions import flow_interpolate, vp_interpolate  # noqa: E402
 from genalign.registry import ALGORITHMS  # noqa: E402
 
 TIMESTEP_SAMPLING = ("schedule", "uniform")
 ADV_STDS = ("global", "group", "batch")
 
 
-def point_seed(*parts: int) -> int:
-    """A 56-bit seed from integers (the trainer's derive_seed scheme, repeated here to keep imports one-way)."""
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:7], "little")
+from genalign.core.seeding import derive_seed as point_seed  # noqa: E402
 
 
 @dataclass
 class TrainingPoint:
     """Noisy training inputs for one backward unit: x_t from the clean x0 with fresh noise.
 
-    ``t_model`` (N,) is what the denoiser is called with; ``time`` (N,) is σ (flow) or ᾱ (VP)."""
+    ``t_model`` (N,) is what the denoiser is called with; ``time`` (N,) is the noise law's time (``Generator.law``):
+    σ (flow) or ᾱ (VP)."""
 
     x0: torch.Tensor
     x_t: torch.Tensor
@@ -276,8 +297,9 @@ def training_point(gen, schedule, x0: torch.Tensor, seeds: List[int], unit: int,
 
     ``sampling="schedule"``: unit u of sample i uses step perm_i[u mod T] of the rollout's own schedule (a
     per-sample random permutation, so units cover distinct steps: DiffusionNFT trains at the sampler's
-    timesteps). ``"uniform"``: flow σ ~ U[t_min, t_max] (timestep 1000·σ); VP: a discrete training timestep
-    drawn uniformly from [t_min·N, t_max·N) of the scheduler's N training steps (ᾱ from its table).
+    timesteps). ``"uniform"``: the law's ``sample_training_time`` — flow σ ~ U[t_min, t_max] (timestep 1000·σ); VP:
+    a discrete training timestep drawn uniformly from [t_min·N, t_max·N) of the scheduler's N training steps (ᾱ
+    from its table).
     """
     n = x0.shape[0]
     dev = x0.device
@@ -297,24 +319,11 @@ def training_point(gen, schedule, x0: torch.Tensor, seeds: List[int], unit: int,
     if sampling == "schedule":
         j = torch.tensor(idx)
         t_model = schedule.timesteps[j].float()
-        time = (schedule.sigmas if gen.kind == "flow" else schedule.alphas)[j].float()
-    elif gen.kind == "flow":
-        u = torch.tensor(u01)
-        time = t_min + (t_max - t_min) * u
-        num_train = float(gen.pipe.scheduler.config.get("num_train_timesteps", 1000) or 1000)
-        t_model = time * num_train
+        time = gen.law.schedule_times(schedule)[j].float()
     else:
-        ac = gen.pipe.scheduler.alphas_cumprod.float()
-        N = ac.shape[0]
-        lo, hi = int(t_min * N), max(int(t_min * N) + 1, int(round(t_max * N)))
-        t_int = (lo + (torch.tensor(u01) * (hi - lo)).long()).clamp(0, N - 1)
-        t_model, time = t_int.float(), ac[t_int]
+        time, t_model = gen.law.sample_training_time(torch.tensor(u01), t_min, t_max)
     time = time.to(dev)
-    if gen.kind == "flow":
-        x_t = flow_interpolate(x0, noise, time)
-    else:
-        a, s = vp_alpha_sigma(time)
-        x_t = vp_interpolate(x0, noise, a, s)
+    x_t = gen.law.interpolate(x0, noise, time)
     assert x_t.shape[0] == n
     return TrainingPoint(x0=x0, x_t=x_t, noise=noise, t_model=t_model.to(dev), time=time)
 
@@ -385,15 +394,17 @@ class NFT(Algorithm):
         self._epoch = 0
 
     # -------------------------------------------------------------------------------- old policy
-    def setup(self, ctx) -> None:
+    def setup(self, view) -> None:
         if self.ref_weight > 0:
-            ctx.generator.make_reference()
-        self._params = ctx.generator.trainable_parameters()
+            view.generator.make_reference()
+
+    def after_parts(self, view) -> None:
+        self._params = view.parameters("policy")
         self._old = [p.detach().clone().float() for p in self._params]
         self._synced_at = 0
 
-    def _old_is_current(self, ctx) -> bool:
-        return self._synced_at == ctx.optimizer_step and self._backup is None
+    def _old_is_current(self, view) -> bool:
+        return self._synced_at == view.step_count("policy") and self._backup is None
 
     @torch.no_grad()
     def _load_into_params(self, tensors) -> None:
@@ -401,9 +412,9 @@ class NFT(Algorithm):
             p.copy_(t.to(device=p.device, dtype=p.dtype))
 
     @contextlib.contextmanager
-    def old_policy(self, ctx):
+    def old_policy(self, view):
         """Within the block the trainable parameters hold θ_old (no copy when θ_old == θ)."""
-        if self._old_is_current(ctx) or self._backup is not None:
+        if self._old_is_current(view) or self._backup is not None:
             yield
             return
         self._backup = [p.detach().clone() for p in self._params]
@@ -411,32 +422,18 @@ class NFT(Algorithm):
         try:
             yield
         finally:
-            self._restore(ctx)
+            self._restore()
 
-    def _restore(self, ctx=None) -> None:
+    def _restore(self) -> None:
         if self._backup is not None:
             self._load_into_params(self._backup)
             self._backup = None
 
-    def rollout_context(self, ctx):
-        """Proposed trainer hook: ``with algorithm.rollout_context(trainer): <rollout loop>`` (samples with θ_old)."""
-        self._in_context = True
-        return self._rollout_ctx(ctx)
+    def sampling_policy(self, view):
+        """Rollouts sample with θ_old (DiffusionNFT's soft old policy)."""
+        return self.old_policy(view)
 
-    @contextlib.contextmanager
-    def _rollout_ctx(self, ctx):
-        try:
-            with self.old_policy(ctx):
-                yield
-        finally:
-            self._in_context = False
-
-    def rollout_kwargs(self, ctx, iteration: int) -> Dict[str, Any]:
-        # Until the trainer calls rollout_context() around its rollout loop, swap θ_old in here; it is swapped
-        # back out by the first of advantages()/update()/after_iteration()/state_dict() (see the report).
-        if not getattr(self, "_in_context", False) and not self._old_is_current(ctx) and self._backup is None:
-            self._backup = [p.detach().clone() for p in self._params]
-            self._load_into_params(self._old)
+    def rollout_kwargs(self, view, iteration: int) -> Dict[str, Any]:
         kw: Dict[str, Any] = {}
         if self.rollout_guidance_scale is not None:
             kw["guidance_scale"] = float(self.rollout_guidance_scale)
@@ -444,12 +441,13 @@ class NFT(Algorithm):
             kw["num_steps"] = int(self.rollout_steps)
         return kw
 
-    def after_iteration(self, ctx) -> Dict[str, float]:
-        self._restore(ctx)
-        d = old_policy_decay(ctx.optimizer_step, self.decay_type)
+    def after_iteration(self, view) -> Dict[str, float]:
+        self._restore()
+        step = view.step_count("policy")
+        d = old_policy_decay(step, self.decay_type)
         ema_update_(self._old, self._params, d)
         if d == 0.0:
-            self._synced_at = ctx.optimizer_step
+            self._synced_at = step
         self._epoch += 1
         return {"nft/old_decay": d}
 
@@ -483,56 +481,63 @@ class NFT(Algorithm):
         return adv, {"zero_std_ratio": st["zero_std_ratio"]}, torch.ones(adv.shape[0], dtype=torch.bool)
 
     # -------------------------------------------------------------------------------- loss
-    def units(self, mb) -> int:
+    def units(self, batch, items) -> int:
         if self.num_train_timesteps is not None:
             return int(self.num_train_timesteps)
-        return max(1, int(mb.schedule.num_steps * self.timestep_fraction))
+        return max(1, int(batch.rollout.schedule.num_steps * self.timestep_fraction))
 
-    def predictions(self, ctx, mb, unit: int, cache: Optional[dict] = None):
+    def predictions(self, view, mb, unit: int, cache: Optional[dict] = None):
         """(point, pred_θ with grad, pred_old, pred_ref or None) for one backward unit of micro-batch ``mb``.
 
         Old and reference forwards run first (no_grad), before the graph of pred_θ exists. ``cache`` (a dict)
-        keeps (pred_old, pred_ref) keyed by the micro-batch seeds and unit, for repeated passes (MARBLE)."""
+        keeps (pred_old, pred_ref) keyed by the micro-batch seeds and unit, for repeated passes."""
         self._restore()
-        gen, acc = ctx.generator, ctx.accelerator
+        gen = view.generator
         x0 = mb.states[:, -1].to(gen.device)
         pt = training_point(gen, mb.schedule, x0, mb.seeds, unit, self._epoch, self.timestep_sampling,
                             self.t_min, self.t_max)
         key = (tuple(mb.seeds), unit)
-        same = self._old_is_current(ctx)
+        same = self._old_is_current(view)
         if cache is not None and key in cache:
             pred_old, pred_ref = cache[key]
         else:
             pred_old = pred_ref = None
             with torch.no_grad():
                 if not same:
-                    with self.old_policy(ctx):
-                        pred_old = gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0).detach()
+                    with self.old_policy(view):
+                        pred_old = view.predict(pt.x_t, pt.t_model, mb.cond, 1.0).detach()
                 if self.ref_weight > 0:
-                    with acc.autocast(), gen.reference() as ref:
+                    with view.reference() as ref:
                         pred_ref = gen.predict(ref, pt.x_t, pt.t_model, mb.cond, 1.0).detach()
-        pred = gen.predict(ctx.model, pt.x_t, pt.t_model, mb.cond, 1.0)
+        pred = view.predict(pt.x_t, pt.t_model, mb.cond, 1.0)
         if pred_old is None:
             pred_old = pred.detach()
         if cache is not None:
             cache[key] = (pred_old, pred_ref)
         return pt, pred, pred_old, pred_ref
 
-    def loss_from(self, ctx, pt: TrainingPoint, pred, pred_old, pred_ref, r: torch.Tensor):
+    def loss_from(self, view, pt: TrainingPoint, pred, pred_old, pred_ref, r: torch.Tensor):
         r = r.to(pred.device)
-        if ctx.generator.kind == "flow":
-            return nft_loss(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta, self.adv_clip_max,
-                            v_ref=pred_ref, ref_weight=self.ref_weight, min_weight=self.min_weight)
-        return nft_loss_vp(pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta,
-                           prediction_type=ctx.generator.prediction_type, adv_clip_max=self.adv_clip_max,
-                           pred_ref=pred_ref, ref_weight=self.ref_weight, kl_space=self.kl_space,
-                           min_weight=self.min_weight)
+        return nft_loss_law(view.law, pred, pred_old, pt.x0, pt.x_t, pt.time, r, self.beta,
+                            adv_clip_max=self.adv_clip_max, pred_ref=pred_ref, ref_weight=self.ref_weight,
+                            kl_space=self.kl_space, min_weight=self.min_weight)
 
-    def losses(self, ctx, mb, adv):
-        r = nft_optimality(adv, self.adv_clip_max)
-        for u in range(self.units(mb)):
-            pt, pred, pred_old, pred_ref = self.predictions(ctx, mb, u)
-            loss, st = self.loss_from(ctx, pt, pred, pred_old, pred_ref, r)
-            st = _floats(st)
-            st["kl"] = st.pop("kl_loss")
-            yield loss, st
+    def optimality(self, adv: torch.Tensor, probe: bool) -> List[torch.Tensor]:
+        """The optimality probabilities r the loss trains on: one, or one per objective when probing."""
+        return [nft_optimality(adv, self.adv_clip_max)]
+
+    def losses(self, view, batch, items):
+        mb, adv = self.minibatch(batch, items)
+        probe = getattr(view, "probe", False)
+        rs = self.optimality(adv, probe)
+        for u in range(self.units(batch, items)):
+            pt, pred, pred_old, pred_ref = self.predictions(view, mb, u)
+            out = []
+            for r in rs:
+                loss, st = self.loss_from(view, pt, pred, pred_old, pred_ref, r)
+                out.append(loss)
+                if len(out) == 1:
+                    st = _floats(st)
+                    st["kl"] = st.pop("kl_loss")
+                    first = st
+            yield (out if probe else out[0]), first

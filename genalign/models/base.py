@@ -28,13 +28,15 @@ import torch
 from ..config import ModelConfig, SamplerConfig
 from ..errors import CheckpointError, ConfigError
 from . import steps as K
+from .laws import NoiseLaw, RectifiedFlow
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
 class Schedule:
-    """The discretisation of one sampling run. Flow: ``sigmas`` (T+1,), ending at 0. VP: ``alphas`` (T+1,)."""
+    """The discretisation of one sampling run. Flow: ``sigmas`` (T+1,), ending at 0. VP: ``alphas`` (T+1,).
+    EDM: ``sigmas`` (VE σ). ``Generator.law.schedule_times(schedule)`` picks the one its law uses."""
 
     timesteps: torch.Tensor  # (T,) the values passed to the denoiser
     sigmas: Optional[torch.Tensor] = None  # flow
@@ -147,7 +149,8 @@ class Generator:
     """Base class of the model-family adapters. See the module docstring for the hooks a family implements."""
 
     family: str = "base"
-    kind: str = "flow"  # flow | vp
+    kind: str = "flow"  # flow | vp: the name of law_class (kept for code inside models/ and its tests)
+    law_class: type = RectifiedFlow  # the family's noise law (laws.py); an instance is built per model as .law
     modality: str = "image"
     denoiser_name: str = "transformer"
     default_lora_targets: List[str] = []
@@ -166,6 +169,7 @@ class Generator:
         self.device = torch.device(device)
         self.weight_dtype = DTYPES[cfg.dtype]
         self.ref_denoiser = None  # full fine-tuning only: a frozen copy for the KL reference
+        self.law: NoiseLaw = self.make_law()
         pipe.set_progress_bar_config(disable=True)
         for name, comp in pipe.components.items():
             if isinstance(comp, torch.nn.Module):
@@ -364,6 +368,10 @@ class Generator:
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
 
+    def make_law(self) -> NoiseLaw:
+        """This model's noise law, built from its (stock or replaced) scheduler."""
+        return self.law_class.from_scheduler(self.pipe.scheduler)
+
     # ---------------------------------------------------------------------------------------------- shared logic
     def text_sequence_length(self) -> Optional[int]:
         """T5 tokens per prompt: ``model.max_sequence_length``, else the stock pipeline's default (None: no T5)."""
@@ -412,28 +420,7 @@ class Generator:
     def kernel_step(self, out, x, i: int, sch: Schedule, scfg: SamplerConfig, stochastic: bool,
                     prev_sample=None, noise=None) -> K.StepOut:
         """One transition from state i to i+1 with the configured kernel (ODE / DDIM-η=0 when not stochastic)."""
-        if self.kind == "flow":
-            s, s_next = sch.sigmas[i], sch.sigmas[i + 1]
-            if not stochastic:
-                return K.flow_ode_step(out, x, s, s_next)
-            if scfg.kernel == "sde":
-                return K.flow_sde_step(out, x, s, s_next, scfg.noise_level, sigma_for_one=sch.sigmas[1],
-                                       prev_sample=prev_sample, noise=noise, reduce=scfg.logprob_reduce)
-            if scfg.kernel == "eta":
-                return K.flow_eta_step(out, x, s, s_next, scfg.eta, prev_sample=prev_sample, noise=noise,
-                                       reduce=scfg.logprob_reduce)
-            if scfg.kernel == "cps":
-                return K.flow_cps_step(out, x, s, s_next, scfg.noise_level, logprob=scfg.cps_logprob,
-                                       prev_sample=prev_sample, noise=noise, reduce=scfg.logprob_reduce)
-            raise ConfigError(f"'sampler.kernel' {scfg.kernel!r} is not valid for rectified-flow models; "
-                              "valid choices: cps, eta, ode, sde")
-        a, a_prev = sch.alphas[i], sch.alphas[i + 1]
-        if scfg.kernel not in ("ddim", "ode"):
-            raise ConfigError(f"'sampler.kernel' {scfg.kernel!r} is not valid for ε-prediction models; "
-                              "valid choices: ddim, ode")
-        eta = scfg.eta if stochastic else 0.0
-        return K.ddim_step(out, x, a, a_prev, eta, prediction_type=self.prediction_type, prev_sample=prev_sample,
-                           noise=noise, reduce=scfg.logprob_reduce)
+        return self.law.kernel_step(out, x, i, sch, scfg, stochastic, prev_sample=prev_sample, noise=noise)
 
     prediction_type: str = "epsilon"
 
@@ -445,8 +432,8 @@ class Generator:
         elif scfg.train_timesteps in ("window", "sliding_window") and window_start is not None:
             m[:] = False
             m[window_start : window_start + scfg.window_size] = True
-        if self.kind == "flow" and scfg.kernel == "cps":
-            m[-1] = False  # σ' = 0: deterministic last step
+        if self.law.last_step_deterministic(scfg.kernel):
+            m[-1] = False  # e.g. CPS: σ' = 0, a deterministic last step
         return m
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Generator, Schedule
+from .laws import RectifiedFlow
 from .sd3 import JOINT_ATTENTION_LORA_TARGETS
 
 
@@ -55,6 +56,7 @@ def flux_schedule(scheduler, num_steps: int, shift: Optional[float], image_seq_l
 class FluxGenerator(Generator):
     family = "flux"
     kind = "flow"
+    law_class = RectifiedFlow
     denoiser_name = "transformer"
     default_lora_targets = JOINT_ATTENTION_LORA_TARGETS
     max_sequence_length: int = 512  # T5 tokens, as the stock pipeline's default (FLUX.1-dev)

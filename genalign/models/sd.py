@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Generator, Schedule
+from .laws import VP
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def ddim_schedule(scheduler, num_steps: int) -> Schedule:
 
 class _VPGenerator(Generator):
     kind = "vp"
+    law_class = VP
     denoiser_name = "unet"
     default_lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
 

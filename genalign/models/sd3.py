@@ -13,6 +13,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Generator, Schedule
+from .laws import RectifiedFlow
 
 
 def flow_schedule(pipe, num_steps: int, shift: Optional[float], image_seq_len: int, device) -> Schedule:
@@ -49,6 +50,7 @@ JOINT_ATTENTION_LORA_TARGETS = [
 class SD3Generator(Generator):
     family = "sd3"
     kind = "flow"
+    law_class = RectifiedFlow
     denoiser_name = "transformer"
     default_lora_targets = JOINT_ATTENTION_LORA_TARGETS
     max_sequence_length = 256  # T5 tokens, as the stock pipeline's default

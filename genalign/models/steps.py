@@ -231,3 +231,29 @@ def ddim_step(
     std_t = eta * var.clamp(min=0).sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std_t**2).clamp(min=0).sqrt() * out
     return _finish(prev_sample, mean, std_t.reshape(-1), noise, generator, reduce, deterministic_ok=eta == 0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# (f) Variance-exploding DDIM with η  (Stable Audio's EDM law, METHODS.md §14)
+
+
+def ve_eta_step(
+    x0_pred: torch.Tensor,
+    sample: torch.Tensor,
+    sigma,
+    sigma_next,
+    eta: float = 1.0,
+    *,
+    prev_sample: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    reduce: str = "mean",
+) -> StepOut:
+    """From x = x0 + σε to σ' given the model's x̂0: ρ = η·σ'·√(1 − σ'²/σ²); μ = x̂0 + √(σ'² − ρ²)·(x − x̂0)/σ;
+    x' = μ + ρz. η = 1 is the first-order (SDE-DPM-Solver++) step of ``CosineDPMSolverMultistepScheduler``;
+    η = 0 the deterministic DDIM step; σ' = 0 gives x̂0 (deterministic, no log-prob)."""
+    x0, x = x0_pred.float(), sample.float()
+    s, s_next = _bcast(sigma, x), _bcast(sigma_next, x)
+    rho = eta * s_next * (1 - s_next**2 / s**2).clamp(min=0).sqrt()
+    mean = x0 + (s_next**2 - rho**2).clamp(min=0).sqrt() * (x - x0) / s
+    return _finish(prev_sample, mean, rho.reshape(-1), noise, generator, reduce, deterministic_ok=True)

@@ -104,6 +104,50 @@ class Reward:
         return out
 
 
+class LearnableReward(Reward):
+    """A reward with trained parts (Adv-GRPO's discriminator, a preference head...).
+
+    Scoring (``__call__``) stays gradient-free and pure. Training is the reward's own business, run by the trainer:
+
+    * ``parts()`` -> ``{name: PartSpec(module, lr=..., betas=...)}``: the trained networks and their optimiser
+      defaults (a config section ``train.parts.<name>`` overrides them). The trainer prepares them with accelerate
+      (gradients averaged across processes), steps, clips, and checkpoints them with the run.
+    * ``phases(iteration)`` -> the phases to add on a training iteration (default: every part steps once per
+      iteration on the current rollout). Return ``exclusive=True`` phases for iterations on which only the reward
+      trains (e.g. 9 discriminator-only iterations per generator iteration).
+    * ``losses(view, batch, items)`` yields ``(loss, stats)`` backward units for the micro-batch ``items`` (indices
+      into ``batch.rollout``, this process's samples); forward through ``view.module(part)`` so that distributed
+      hooks fire. ``units(batch, items)`` is how many units it yields (the trainer averages them).
+    * ``state_dict()`` / ``load_state_dict()``: non-parameter state (counters, running statistics) as tensors.
+    """
+
+    learnable = True
+
+    def parts(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def phases(self, iteration: int) -> List[Any]:
+        from ..core.phases import Phase
+
+        return [Phase(tuple(self.parts()), needs=frozenset({"rollout"}))]
+
+    def items(self, view, batch) -> List[Any]:
+        """This process's training items (default: the indices of its samples in ``batch.rollout``)."""
+        return list(range(len(batch)))
+
+    def units(self, batch, items) -> int:
+        return 1
+
+    def losses(self, view, batch, items):
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        pass
+
+
 _INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 

@@ -9,7 +9,7 @@ from genalign.algorithms.dragon import Dragon
 from genalign.config import make_algorithm
 from genalign.errors import ConfigError
 
-from .trainer_utils import changed, make_config, snapshot, trainer_for
+from .trainer_utils import batch_for, changed, make_config, snapshot, trainer_for, update_once
 
 
 @pytest.mark.parametrize("loss", ["dpo", "kto"])
@@ -29,10 +29,10 @@ def test_first_update_starts_from_the_neutral_loss(tmp_path):
         ro = tr.do_rollout(0)
         per, groups, prompts = tr.score(ro)
         tr.algorithm.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
-        pos, neg, st = tr.algorithm.split_sets(tr, ro)
+        pos, neg, st = tr.algorithm.split_sets(tr.view, batch_for(tr, ro, per, groups, prompts))
         assert st["dragon/n_pos"] == len(pos) > 0 and st["dragon/score_pos"] > st["dragon/score_neg"]
         part = list(zip(pos.tolist(), neg.tolist())) if loss == "dpo" else [(int(i), 1) for i in pos] + [(int(i), 0) for i in neg]
-        value, _ = tr.algorithm._unit_loss(tr, ro, part, 0, tr.algorithm.effective_beta, None)
+        value, _ = tr.algorithm._unit_loss(tr.view, ro, part, 0, tr.algorithm.effective_beta, None)
         assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -43,10 +43,11 @@ def test_instance_split_is_per_prompt_group(tmp_path):
     per = torch.tensor([[0.1], [0.5], [0.3], [0.9], [0.2], [0.4]])
     groups = torch.tensor([0, 0, 0, 1, 1, 1])
     alg.advantages(per, [1.0], groups, ["a"] * 6, "sum_then_normalize")
-    pos, neg, _ = alg.split_sets(tr, None)
+    batch = batch_for(tr, None, per, groups, ["a"] * 6)
+    pos, neg, _ = alg.split_sets(tr.view, batch)
     assert pos.tolist() == [1, 3] and neg.tolist() == [0, 4]  # each group's median (0.3, 0.4) is dropped
     alg.split_scope = "batch"
-    pos, neg, _ = alg.split_sets(tr, None)  # batch median 0.35
+    pos, neg, _ = alg.split_sets(tr.view, batch)  # batch median 0.35
     assert pos.tolist() == [1, 3, 5] and neg.tolist() == [0, 2, 4]
 
 
@@ -68,11 +69,12 @@ def test_set_split_by_leave_one_out_contribution(tmp_path, reward):
     else:  # contributions R(D) − R(D∖i): mean(D) = 0.5 → R = −0.3; i = 0 (0.1): mean(D∖0) = 0.58 → R = −0.22
         assert float(per[0, 0]) == pytest.approx(-0.3 + 0.22, abs=1e-5)
     alg.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
-    pos, neg, st = alg.split_sets(tr, ro)
+    batch = batch_for(tr, ro, per, groups, prompts)
+    pos, neg, st = alg.split_sets(tr.view, batch)
     assert pos.tolist() == [1, 3, 5] and neg.tolist() == [0, 2, 4]
     assert st["dragon/set_value_pos"] > st["dragon/set_value_neg"]
     before = snapshot(tr)
-    out = alg.update(tr, ro, torch.zeros(len(ro)))
+    out = update_once(tr, batch)
     assert out["dragon/n_items"] == 6 and out["loss"] == out["loss"]
     assert changed(tr, before) == len(before)
 
@@ -94,7 +96,8 @@ def test_set_split_with_per_prompt_vendi(tmp_path):
     assert prompts[0] == prompts[1] == prompts[2] != prompts[3] == prompts[4] == prompts[5]
     assert per[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.5, 0, 0, 0], abs=1e-6)
     alg.advantages(per, [1.0], groups, prompts, cfg.reward_aggregation)
-    pos, neg, st = alg.split_sets(tr, ro)
+    batch = batch_for(tr, ro, per, groups, prompts)
+    pos, neg, st = alg.split_sets(tr.view, batch)
     assert pos.tolist() == [0, 1, 2] and neg.tolist() == [3, 4, 5]  # ties at the quantile kept on both sides
     # R(D⁺) = Vendi(red, green, blue) = 3 within prompt A; R(D⁻) = Vendi(blue ×3) = 1 within prompt B
     assert st["dragon/set_value_pos"] == pytest.approx(3.0) and st["dragon/set_value_neg"] == pytest.approx(1.0)

@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from genalign.algorithms.marble import Marble, combine, mix_optimality, per_reward_optimality
+from genalign.algorithms.marble import Marble, combine
 from genalign.config import make_algorithm
 from genalign.errors import ConfigError
 
-from .trainer_utils import changed, make_config, snapshot, trainer_for
+from .trainer_utils import batch_for, changed, make_config, snapshot, trainer_for
 
 TWO = [{"name": "tests.algorithms.trainer_utils:Brightness"}, {"name": "tests.algorithms.trainer_utils:RedExcess"}]
 
@@ -41,26 +41,40 @@ def test_marble_run_changes_parameters_and_logs_alpha_and_cosines(tmp_path):
 
 
 def _two_reward_rollout(tmp_path, **alg_args):
-    """A MARBLE trainer on two rewards, one rollout, fixed distinct per-reward optimalities, two micro-batches."""
+    """A MARBLE trainer on two rewards, one rollout, fixed distinct per-reward advantages, two micro-batches."""
     cfg = make_config(tmp_path, {"name": "marble", "ref_weight": 1e-2, **alg_args}, rewards=TWO)
     tr = trainer_for(cfg)
     alg = tr.algorithm
     ro = tr.do_rollout(0)
     adv = torch.stack([torch.linspace(-3, 3, len(ro)), torch.linspace(2, -1, len(ro)) ** 2 - 1], 1)
-    return tr, alg, ro, per_reward_optimality(adv.T, alg.adv_clip_max), [torch.arange(0, 3), torch.arange(3, len(ro))]
+    return tr, alg, batch_for(tr, ro, adv=adv), [[0, 1, 2], list(range(3, len(ro)))]
 
 
-def test_refresh_gradient_equals_one_pass_with_the_mixed_optimality(tmp_path):
-    """L_NFT is affine in r: Σ_k w_k ∇L(r_k) (the K per-reward passes) = ∇L(Σ_k w_k r_k) (one pass)."""
-    tr, alg, ro, r_all, mbs = _two_reward_rollout(tmp_path)
-    grads, nonfinite = alg.per_reward_gradients(tr, ro, mbs, r_all, {}, [])
-    assert float(nonfinite) == 0
-    w = torch.tensor([0.3, 0.7], dtype=torch.float64)
-    combined = combine(grads, w)
-    params = alg._params
+def _zero_grads(params):
     for p in params:
         p.grad = None
-    alg._mixed_pass(tr, ro, mbs, mix_optimality(r_all, w), {}, [])
+
+
+def test_refresh_gradient_equals_one_pass_with_the_mixed_optimality(tmp_path, monkeypatch):
+    """L_NFT is affine in r: Σ_k w_k ∇L(r_k) (the K per-reward gradients) = ∇L(Σ_k w_k r_k) (one pass)."""
+    tr, alg, batch, mbs = _two_reward_rollout(tmp_path)
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    seen = {}
+
+    def fixed_combine(view, grads, stats):  # the probe's K gradients, combined with fixed weights
+        seen["grads"] = grads
+        return combine(grads, w)
+
+    monkeypatch.setattr(alg, "combine", fixed_combine)
+    parts = [tr.parts["policy"]]
+    params = parts[0].params
+    nonfinite = tr.stepper.probe(alg, tr.view, batch, mbs, parts, 2, {}, [])
+    assert float(nonfinite) == 0
+    combined = [p.grad.clone() for p in params]
+    grads = seen["grads"]
+    _zero_grads(params)
+    alg._w = w
+    tr.stepper.accumulate_pass(alg, tr.view, batch, mbs, parts, {}, [])
     num = sum(((p.grad - c) ** 2).sum() for p, c in zip(params, combined))
     den = sum((c**2).sum() for c in combined)
     assert den > 0
@@ -97,25 +111,28 @@ def test_fixed_balance_keeps_equal_weights(tmp_path):
 def test_refresh_fraction_estimates_on_a_subset_and_steps_on_the_whole_batch(tmp_path, monkeypatch):
     """refresh_fraction < 1: per-reward gradients from a random share of each micro-batch; the step's gradient is
     one r_mix pass over the whole batch under the refreshed weights."""
-    tr, alg, ro, r_all, mbs = _two_reward_rollout(tmp_path, refresh_fraction=0.5)
+    tr, alg, batch, mbs = _two_reward_rollout(tmp_path, refresh_fraction=0.5)
     seen = []
-    real = alg.per_reward_gradients
+    real = alg.losses
 
-    def spy(ctx, ro_, m, *rest):
-        seen.append([x.tolist() for x in m])
-        return real(ctx, ro_, m, *rest)
+    def spy(view, b, items):
+        if view.probe:
+            seen.append(list(items))
+        return real(view, b, items)
 
-    monkeypatch.setattr(alg, "per_reward_gradients", spy)
+    monkeypatch.setattr(alg, "losses", spy)
     stats = {}
-    alg.refresh(tr, ro, mbs, r_all, stats, [])
-    assert [len(x) for x in seen[0]] == [2, -(-(len(ro) - 3) // 2)]
-    assert all(set(s) <= set(m.tolist()) for s, m in zip(seen[0], mbs))
+    parts = [tr.parts["policy"]]
+    params = parts[0].params
+    tr.stepper.probe(alg, tr.view, batch, mbs, parts, 2, stats, [])
+    n = len(batch)
+    assert [len(x) for x in seen] == [2, -(-(n - 3) // 2)]
+    assert all(set(s) <= set(m) for s, m in zip(seen, mbs))
     assert stats["marble/min_cos"][0] >= -1e-6
-    got = [p.grad.clone() for p in alg._params]
-    for p in alg._params:
-        p.grad = None
-    alg._mixed_pass(tr, ro, mbs, mix_optimality(r_all, alg._w), {}, [])
-    assert all(torch.allclose(g, p.grad, atol=1e-7) for g, p in zip(got, alg._params))
+    got = [p.grad.clone() for p in params]
+    _zero_grads(params)
+    tr.stepper.accumulate_pass(alg, tr.view, batch, mbs, parts, {}, [])
+    assert all(torch.allclose(g, p.grad, atol=1e-7) for g, p in zip(got, params))
 
 
 @pytest.mark.parametrize("args", [{"period": 0}, {"rho": 1.0}, {"min_norm": "adam"}, {"balance": "sum"},

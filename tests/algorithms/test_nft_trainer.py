@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from genalign.algorithms.conversions import flow_interpolate
 from genalign.algorithms.nft import NFT, nft_optimality, old_policy_decay, training_point
 from genalign.config import make_algorithm
+from genalign.core.phases import Batch
 from genalign.errors import ConfigError
 
 from .trainer_utils import changed, make_config, snapshot, trainer_for
@@ -47,7 +48,7 @@ def test_nft_gradient_is_zero_at_theta_old_with_equal_rewards(tmp_path):
     def grad_norm(a):
         for p in params:
             p.grad = None
-        for loss, _ in tr.algorithm.losses(tr, ro, a):
+        for loss, _ in tr.algorithm.losses(tr.view, Batch(0, rollout=ro, adv=a), list(range(len(ro)))):
             loss.backward()
         return torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
 
@@ -65,20 +66,20 @@ def test_rollouts_are_sampled_by_the_old_policy(tmp_path):
     with torch.no_grad():  # make θ differ from θ_old
         for p in params:
             p.add_(0.05)
-    tr.optimizer_step = 1
+    tr.parts["policy"].steps = 1
     theta = snapshot(tr)
-    # θ_old is swapped in by rollout_kwargs (or by the trainer's rollout_context hook, when it has one) ...
+    # θ_old is swapped in by the algorithm's sampling_policy around the trainer's rollout ...
     ro_old = tr.do_rollout(0)
     tr.algorithm.advantages(torch.zeros(len(ro_old), 1), [1.0], ro_old.group_ids, ro_old.prompts, "sum_then_normalize")
     assert all(torch.equal(p.detach(), t) for p, t in zip(params, theta))  # ... and θ is back before the update
-    with alg.old_policy(tr):
+    with alg.old_policy(tr.view):
         ro_ctx = tr.generator.rollout(ro_old.prompts, ro_old.seeds, cfg.sampler, stochastic=False, guidance_scale=1.0)
     ro_new = tr.generator.rollout(ro_old.prompts, ro_old.seeds, cfg.sampler, stochastic=False, guidance_scale=1.0)
     torch.testing.assert_close(ro_old.states[:, -1], ro_ctx.states[:, -1])
     assert not torch.allclose(ro_old.states[:, -1], ro_new.states[:, -1])
     assert torch.isnan(ro_old.log_probs).all() and ro_old.guidance_scale == 1.0  # deterministic, CFG-free
-    # the proposed trainer hook gives the same samples without the fallback swap
-    with alg.rollout_context(tr):
+    # inside the sampling policy the parameters hold θ_old
+    with alg.sampling_policy(tr.view):
         assert all(torch.equal(p.detach(), o.to(p.dtype)) for p, o in zip(params, alg._old))
     assert all(torch.equal(p.detach(), t) for p, t in zip(params, theta))
 
@@ -92,14 +93,15 @@ def test_old_policy_update_and_state_roundtrip(tmp_path):
     with torch.no_grad():
         for p in params:
             p.add_(1.0)
-    tr.optimizer_step = 100  # d = min(0.001·100, 0.5) = 0.1
-    st = alg.after_iteration(tr)
+    tr.parts["policy"].steps = 100  # d = min(0.001·100, 0.5) = 0.1
+    st = alg.after_iteration(tr.view)
     assert st["nft/old_decay"] == pytest.approx(0.1)
     for o, o0, p in zip(alg._old, old0, params):
         torch.testing.assert_close(o, 0.1 * o0 + 0.9 * p.detach().float())
     sd = alg.state_dict()
     other = make_algorithm(NFT, {"decay_type": 1, "ref_weight": 0.0})
-    other.setup(tr)
+    other.setup(tr.view)
+    other.after_parts(tr.view)
     other.load_state_dict(sd)
     assert all(torch.equal(a, b) for a, b in zip(other._old, alg._old))
     with pytest.raises(Exception, match="old-policy state has"):

@@ -40,7 +40,7 @@ def make_config(tmp_path, algorithm: dict, rewards=None, family: str = "sd3", **
         "train": {"iterations": 2, "learning_rate": 1e-2, "rollout_batch_size": 6, "train_batch_size": 3,
                   "eval_every": 0, "save_every": 0, "optimizer_steps_per_iteration": 1, **train},
         "algorithm": algorithm,
-        "rewards": rewards or [{"name": "tests.algorithms.trainer_utils:Brightness"}],
+        "rewards": rewards if rewards is not None else [{"name": "tests.algorithms.trainer_utils:Brightness"}],
         "run": {"output_dir": str(tmp_path / "run"), "log_with": [], "progress": False},
     }
     return build_config(raw)
@@ -50,6 +50,22 @@ def trainer_for(cfg) -> Trainer:
     tr = Trainer(cfg)
     tr.setup()
     return tr
+
+
+def batch_for(tr, ro, per=None, groups=None, prompts=None, adv=None, weights=(1.0,)):
+    """A training batch as the trainer builds it: the rollout shard, advantages and the gathered rewards."""
+    from genalign.core.phases import Batch
+
+    return Batch(0, rollout=ro, adv=adv, per_reward=per, group_ids=groups, prompts=prompts, weights=list(weights))
+
+
+def update_once(tr, batch):
+    """One iteration's update: the algorithm's phases through the trainer's stepper, then after_iteration."""
+    out = {}
+    for ph in tr.algorithm.phases(batch.iteration):
+        out.update(tr.stepper.run(ph, tr.algorithm, tr.view, batch))
+    out.update(tr.algorithm.after_iteration(tr.view))
+    return out
 
 
 def snapshot(tr):

@@ -3,15 +3,28 @@
 import torch
 
 from genalign.config import build_config
-from genalign.trainer import Trainer
+from genalign.core import planning
+
+
+class _Planner:
+    """The planning functions bound to one config (what the trainer calls each iteration)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.records = [{"prompt": p} for p in ("a", "b", "c")]
+
+    def train_steps_for(self, seeds, mask):
+        return planning.train_steps_for(self.cfg.sampler, seeds, mask)
+
+    def plan(self, it):
+        p = planning.plan(self.cfg, self.records, it)
+        return p.prompts, p.group_ids, p.seeds, p.noise_seeds, p.window_start
 
 
 def trainer(**sampler):
     raw = {"model": {"path": "x"}, "data": {"prompts": ["a", "b", "c"], "group_size": 4, "prompts_per_iteration": 2},
            "rewards": ["tests.core.rewards_for_tests:MeanBrightness"], "sampler": {"num_steps": 10, **sampler}}
-    t = Trainer(build_config(raw))
-    t.train_prompts = ["a", "b", "c"]
-    return t
+    return _Planner(build_config(raw))
 
 
 def test_flow_grpo_denoising_reduction_trains_steps_0_to_8():

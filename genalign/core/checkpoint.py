@@ -1,0 +1,164 @@
+"""Checkpoints: every part's weights, optimiser, scheduler and EMA, the algorithm's and the learnable rewards'
+state, RNG and data position. ``checkpoints/checkpoint-N`` is written to a temporary folder and renamed into place
+once complete; the policy is written in diffusers' layout (a LoRA file ``pipe.load_lora_weights`` reads, or the
+denoiser folder of a full fine-tune), other parts as ``parts/<name>.safetensors``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import List, Optional
+
+from ..errors import CheckpointError
+from ..io import atomic_write_json
+
+CKPT_PREFIX = "checkpoint-"
+
+
+def list_checkpoints(out_dir: str) -> List[str]:
+    root = os.path.join(out_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        if name.startswith(CKPT_PREFIX) and name[len(CKPT_PREFIX):].isdigit():
+            p = os.path.join(root, name)
+            if os.path.exists(os.path.join(p, "trainer_state.json")):
+                found.append((int(name[len(CKPT_PREFIX):]), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str) -> Optional[str]:
+    ck = list_checkpoints(out_dir)
+    return ck[-1] if ck else None
+
+
+class Checkpointer:
+    """Save and load a trainer's state; registers accelerate's save/load hooks for the parts' weights."""
+
+    def __init__(self, host):
+        self.host = host
+        host.accelerator.register_save_state_pre_hook(self._save_hook)
+        host.accelerator.register_load_state_pre_hook(self._load_hook)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def _save_hook(self, models, weights, output_dir):
+        h = self.host
+        if h.is_main:
+            from safetensors.torch import save_file
+
+            for name, model in zip(h.parts, models):
+                m = h.accelerator.unwrap_model(model)
+                if name != "policy":
+                    os.makedirs(os.path.join(output_dir, "parts"), exist_ok=True)
+                    sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+                    save_file(sd, os.path.join(output_dir, "parts", f"{name}.safetensors"))
+                elif h.generator.is_lora:
+                    h.generator.save_lora(output_dir, h.generator.lora_state_dict(m))
+                else:
+                    m.save_pretrained(os.path.join(output_dir, h.generator.denoiser_name), safe_serialization=True)
+        while weights:  # accelerate must not also write the raw state dicts
+            weights.pop()
+
+    def _load_hook(self, models, input_dir):
+        h = self.host
+        names = list(h.parts)
+        loaded = [models.pop() for _ in range(len(models))][::-1]
+        for name, model in zip(names, loaded):
+            m = h.accelerator.unwrap_model(model)
+            if name != "policy":
+                m.load_state_dict(read_safetensors(os.path.join(input_dir, "parts", f"{name}.safetensors")))
+            elif h.generator.is_lora:
+                h.generator.load_lora_file(input_dir, m)
+            else:
+                h.generator.load_full_weights(input_dir, m)
+
+    # ------------------------------------------------------------------------------------------ save / load
+    def save(self) -> str:
+        from safetensors.torch import save_file
+
+        h = self.host
+        acc = h.accelerator
+        root = os.path.join(h.out, "checkpoints")
+        final = os.path.join(root, f"{CKPT_PREFIX}{h.iteration}")
+        tmp = os.path.join(root, f".{CKPT_PREFIX}{h.iteration}.tmp")
+        if h.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(tmp, safe_serialization=True)
+        if h.is_main:
+            state = {"iteration": h.iteration, "optimizer_step": h.parts["policy"].steps, "counters": h.counters,
+                     "elapsed": h.elapsed, "first_eval": h.first_eval, "family": h.cfg.model.family,
+                     "base_model": h.cfg.model.path, "lora": h.generator.is_lora,
+                     "part_steps": {n: p.steps for n, p in h.parts.items()}}
+            atomic_write_json(os.path.join(tmp, "trainer_state.json"), state)
+            extra = {}
+            for name, part in h.parts.items():
+                if part.ema is not None:
+                    prefix = "ema." if name == "policy" else f"ema@{name}."
+                    extra.update({prefix + k: v for k, v in part.ema.state_dict().items()})
+            extra.update({f"algorithm.{k}": v.contiguous() for k, v in h.algorithm.state_dict().items()})
+            for r in h.rewards:
+                if getattr(r, "learnable", False):
+                    extra.update({f"reward@{r.name}.{k}": v.contiguous() for k, v in r.state_dict().items()})
+            if extra:
+                save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()},
+                          os.path.join(tmp, "extra_state.safetensors"))
+            ema = h.parts["policy"].ema
+            if ema is not None and h.generator.is_lora:  # EMA weights as a loadable LoRA too
+                with ema.swapped():
+                    os.makedirs(os.path.join(tmp, "ema"), exist_ok=True)
+                    h.generator.save_lora(os.path.join(tmp, "ema"))
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            keep = h.cfg.train.keep_checkpoints
+            if keep > 0:
+                for path in list_checkpoints(h.out)[:-keep]:
+                    shutil.rmtree(path, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, path: str) -> None:
+        h = self.host
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                state = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({e})") from None
+        h.accelerator.load_state(path)
+        h.iteration = int(state["iteration"])
+        steps = state.get("part_steps", {"policy": int(state["optimizer_step"])})
+        for name, part in h.parts.items():
+            part.steps = int(steps.get(name, 0))
+        h.counters.update(state.get("counters", {}))
+        h.elapsed = float(state.get("elapsed", 0.0))
+        h.first_eval = state.get("first_eval")
+        extra_file = os.path.join(path, "extra_state.safetensors")
+        extra = read_safetensors(extra_file) if os.path.exists(extra_file) else {}
+
+        def sub(prefix):
+            return {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
+
+        for name, part in h.parts.items():
+            if part.ema is not None:
+                part.ema.load_state_dict(sub("ema." if name == "policy" else f"ema@{name}."))
+        h.algorithm.load_state_dict(sub("algorithm."))
+        for r in h.rewards:
+            if getattr(r, "learnable", False):
+                r.load_state_dict(sub(f"reward@{r.name}."))
+        if h.is_main:
+            print(f"genalign: resumed from {path} at iteration {h.iteration}", flush=True)
+
+
+def read_safetensors(path: str):
+    from safetensors.torch import load_file
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file '{path}' does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
+        raise CheckpointError(f"checkpoint file '{path}' is truncated or corrupt: {e}") from None

@@ -1,0 +1,104 @@
+"""Named trained parts: the module, its trainable parameters, its optimiser and LR schedule, its EMA and its step
+counter. :func:`build_parts` collects the policy and whatever the algorithm and the learnable rewards declare, and
+prepares each with accelerate (the policy first, so a run with only a policy is prepared exactly as before)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from ..errors import ConfigError
+from .phases import PartSpec
+
+
+@dataclass
+class Part:
+    name: str
+    module: torch.nn.Module  # as prepared by accelerate (possibly wrapped)
+    raw: torch.nn.Module  # the module itself
+    params: List[torch.nn.Parameter]
+    optimizer: object
+    scheduler: object
+    max_grad_norm: float
+    ema: Optional[object] = None
+    steps: int = 0
+
+
+def resolve_options(name: str, spec: PartSpec, cfg) -> dict:
+    """The part's optimiser options: ``train.parts.<name>`` > the part's declared defaults > ``train.*``."""
+    t = cfg.train
+    over = t.parts.get(name)
+    opts = {"lr": spec.lr if spec.lr is not None else t.learning_rate,
+            "betas": tuple(spec.betas) if spec.betas is not None else tuple(t.adam_betas),
+            "weight_decay": spec.weight_decay if spec.weight_decay is not None else t.weight_decay,
+            "max_grad_norm": spec.max_grad_norm if spec.max_grad_norm is not None else t.max_grad_norm,
+            "ema_decay": spec.ema_decay}
+    if name == "policy":
+        opts["ema_decay"] = t.ema.decay
+    if over is not None:
+        for key, field_name in (("lr", "learning_rate"), ("betas", "adam_betas"), ("weight_decay", "weight_decay"),
+                                ("max_grad_norm", "max_grad_norm"), ("ema_decay", "ema_decay")):
+            v = getattr(over, field_name)
+            if v is not None:
+                opts[key] = tuple(v) if key == "betas" else v
+    check_options(name, opts)
+    return opts
+
+
+def check_options(name: str, o: dict) -> None:
+    import math
+
+    key = f"train.parts.{name}" if name != "policy" else "train"
+    if not (math.isfinite(o["lr"]) and o["lr"] > 0):
+        raise ConfigError(f"'{key}' learning rate must be a finite number > 0, got {o['lr']}")
+    if len(o["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in o["betas"]):
+        raise ConfigError(f"'{key}' adam betas must be two numbers in [0, 1), got {list(o['betas'])}")
+    if o["weight_decay"] < 0 or o["max_grad_norm"] < 0:
+        raise ConfigError(f"'{key}' weight decay and max grad norm must be >= 0")
+    if not 0.0 <= o["ema_decay"] < 1.0:
+        raise ConfigError(f"'{key}' EMA decay must be in [0, 1), got {o['ema_decay']}")
+
+
+def declared_parts(algorithm, rewards, view) -> Dict[str, PartSpec]:
+    """Parts declared by the algorithm and the learnable rewards, by name (a name declared twice is an error)."""
+    out: Dict[str, PartSpec] = {}
+    sources = [("algorithm", algorithm.declare_parts(view))]
+    sources += [(f"reward '{r.name}'", r.parts()) for r in rewards if getattr(r, "learnable", False)]
+    for who, specs in sources:
+        for name, spec in (specs or {}).items():
+            if name == "policy" or name in out:
+                raise ConfigError(f"{who} declares a part named '{name}', which already exists")
+            out[name] = spec
+    return out
+
+
+def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Part]:
+    unknown = sorted(set(cfg.train.parts) - {"policy", *extra})
+    if unknown:
+        raise ConfigError(f"'train.parts' names unknown part(s) {unknown}; this run's parts: "
+                          f"{', '.join(['policy', *sorted(extra)])}")
+    specs = {"policy": PartSpec(generator.denoiser), **extra}
+    parts: Dict[str, Part] = {}
+    for name, spec in specs.items():
+        params = generator.trainable_parameters() if name == "policy" else \
+            [p for p in spec.module.parameters() if p.requires_grad]
+        if not params:
+            hint = " (check model.lora.target_modules)" if name == "policy" else ""
+            raise ConfigError(f"part '{name}' has no trainable parameters{hint}")
+        o = resolve_options(name, spec, cfg)
+        opt = torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"])
+        warm = cfg.train.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        if name != "policy":
+            spec.module.to(acc.device)
+        module, opt, sched = acc.prepare(spec.module, opt, sched)
+        ema = None
+        if o["ema_decay"] > 0:
+            from ..ema import EMA
+
+            every = cfg.train.ema.every if name == "policy" else 1
+            ema = EMA(params if name != "policy" else generator.trainable_parameters(), o["ema_decay"], every)
+        parts[name] = Part(name, module, spec.module, params, opt, sched, float(o["max_grad_norm"]), ema)
+    return parts
