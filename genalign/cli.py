@@ -2,7 +2,7 @@
 
     genalign train [CONFIG.yaml] [key=value ...]       # no CONFIG: the embedded toy quickstart
     accelerate launch -m genalign train CONFIG.yaml     # the same, distributed
-    genalign sample --model PATH --prompt "a cat" --seeds 0 1 2 3 [--lora CKPT] --out DIR
+    genalign sample --model PATH --prompt "a cat" --seeds 0 1 2 3 [--lora CKPT] --out DIR [--overwrite]
     genalign export CHECKPOINT --out DIR [--fuse] [--ema]
     genalign eval CONFIG.yaml [--checkpoint CKPT] [--out metrics.json]
     genalign eval --benchmark screenspot-v2 --data DIR --model PATH   # GUI grounding evaluator
@@ -11,31 +11,42 @@
     genalign embed-exemplars --encoder dinov2 --reference DIR --out exemplars.safetensors [--arg key=value ...]
 
 User errors (bad config, unknown names, missing or corrupt files) print one line ``genalign: error: ...`` and
-exit with status 2, without a traceback.
+exit with status 2, without a traceback (``GENALIGN_DEBUG=1`` prints it too, e.g. for a user reward that raised).
+Numbers on the command line are range-checked as they are parsed (``genalign.utils.argtypes``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
 from .errors import GenalignError
+from .utils.argtypes import OneLineParser, non_negative_float, non_negative_int, positive_int, seed
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy",
                               "flow_grpo.yaml")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse's own convention)
-        raise GenalignError(f"{self.prog}: {message}")
+_Parser = OneLineParser  # errors are one line, exit 2 (argparse's own convention)
+OWN_FILES = ("grid.png", "samples.jsonl", "evals.jsonl", "index.html")
+SAMPLE_FILE = re.compile(r"^\d{4,}_seed\d+\.(png|wav)$")  # what sample_to_dir writes, with OWN_FILES
+_OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
+
+
+def _is_override(item: str) -> bool:
+    """``key=value`` with a dotted key (its value may well end in .yaml: ``data.prompts=p.yaml``); a bare path,
+    even one holding '=' in a folder name (``runs/lr=1e-4/config.yaml``), is a config file."""
+    key, eq, _ = item.partition("=")
+    return bool(eq) and bool(_OVERRIDE_KEY.match(key))
 
 
 def _split_config_and_overrides(items: List[str]):
     config, overrides = None, []
     for it in items:
-        if "=" in it and not it.endswith((".yaml", ".yml")):
+        if _is_override(it):
             overrides.append(it)
         elif config is None:
             config = it
@@ -97,10 +108,12 @@ def _reward_spec(text: str):
     """``NAME`` or a YAML mapping like a config's reward entry, ``{name: fd, encoder: dinov2, reference: DIR}``."""
     import yaml
 
+    from .config import safe_load_unique
+
     if not text.lstrip().startswith("{"):
         return text, None
     try:
-        spec = yaml.safe_load(text)
+        spec = safe_load_unique(text)
     except yaml.YAMLError as e:
         raise GenalignError(f"--reward {text!r} is not a valid YAML mapping: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -122,6 +135,8 @@ def cmd_sample(args) -> int:
         prompts += read_prompts(args.prompts)
     if not prompts:
         raise GenalignError("give --prompt TEXT (repeatable) or --prompts FILE")
+    specs = [_reward_spec(r) for r in args.reward or []]
+    _prepare_sample_dir(args.out, args.overwrite, clear=False)  # before the model loads: fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
     if args.lora:
@@ -143,11 +158,32 @@ def cmd_sample(args) -> int:
     if args.reward:
         from .rewards.base import build_reward
 
-        rewards = [build_reward(*_reward_spec(r)).to(device) for r in args.reward]
+        rewards = [build_reward(*spec).to(device) for spec in specs]
     recs = sample_to_dir(gen, prompts, args.seeds, scfg, args.out, num_steps=args.steps,
-                         guidance_scale=args.guidance, rewards=rewards)
+                         guidance_scale=args.guidance, rewards=rewards,  # cleared once sampled and scored:
+                         before_write=lambda: _prepare_sample_dir(args.out, args.overwrite, clear=True))  # no loss
     print(f"genalign: wrote {len(recs)} samples and grid.png to {os.path.abspath(args.out)}")
     return 0
+
+
+def _prepare_sample_dir(out: str, overwrite: bool, clear: bool) -> None:
+    """Refuse a non-empty ``out`` (earlier samples would be written over and samples.jsonl appended to, its
+    records then naming the wrong prompts) unless ``overwrite``; with ``clear``, remove genalign's own sample files
+    (NNNN_seedS.png, grid.png, samples.jsonl) and nothing else."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise GenalignError(f"--out '{out}' is a file, not a folder")
+    entries = os.listdir(out)
+    if not entries:
+        return
+    if not overwrite:
+        raise GenalignError(f"--out '{out}' is not empty ({len(entries)} entries); choose a new folder, or pass "
+                            f"--overwrite to replace earlier samples (other files are kept)")
+    for name in entries if clear else ():
+        path = os.path.join(out, name)
+        if (SAMPLE_FILE.match(name) or name in OWN_FILES) and os.path.isfile(path):
+            os.unlink(path)
 
 
 def cmd_export(args) -> int:
@@ -196,17 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="checkpoint/export folder or .safetensors file")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    s.add_argument("--steps", type=int, default=28)
-    s.add_argument("--guidance", type=float, default=4.5)
-    s.add_argument("--height", type=int, default=0, help="pixels (default: the pipeline's own default size)")
-    s.add_argument("--width", type=int, default=0, help="pixels (default: the pipeline's own default size)")
+    s.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2, 3])
+    s.add_argument("--steps", type=positive_int, default=28)
+    s.add_argument("--guidance", type=non_negative_float, default=4.5)
+    s.add_argument("--height", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
+    s.add_argument("--width", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     s.add_argument("--device")
     s.add_argument("--reward", action="append",
                    help="score samples with this reward (repeatable): a name, or a mapping with arguments as in a "
                         "config, e.g. '{name: exemplar_loglik, encoder: digits, reference: FILE}'")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="output folder; must be empty or new unless --overwrite")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace earlier samples in --out (only genalign's own files: NNNN_seedS.png, grid.png, "
+                        "samples.jsonl)")
     e = sub.add_parser("export", help="checkpoint -> diffusers LoRA folder, or --fuse -> full pipeline")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
@@ -218,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config", nargs="?", help="a training recipe (its model, rewards and eval prompts)")
     v.add_argument("--checkpoint", help="a checkpoint or LoRA folder to evaluate")
     v.add_argument("--prompts", help="prompts file (default: the recipe's eval prompts)")
-    v.add_argument("--seeds", type=int, nargs="+")
+    v.add_argument("--seeds", type=seed, nargs="+")
     v.add_argument("--out", help="metrics.json path")
     v.add_argument("--benchmark", help="screenspot | screenspot-v2 | screenspot-pro (GUI grounding)")
     r = sub.add_parser("report", help="training curves and the first/last eval grids of a run -> report.png")
@@ -231,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="FILE.safetensors (key 'embeddings')")
     x.add_argument("--kind", default="auto", help="auto | images | audio | text")
     x.add_argument("--arg", action="append", metavar="KEY=VALUE", help="encoder argument, e.g. model=ID (repeatable)")
-    x.add_argument("--batch-size", type=int, default=32)
-    x.add_argument("--image-size", type=int, default=None)
+    x.add_argument("--batch-size", type=positive_int, default=32)
+    x.add_argument("--image-size", type=positive_int, default=None)
     x.add_argument("--device", default=None)
     return p
 
@@ -283,6 +322,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return evaluate_main(args)
         return 2
     except GenalignError as e:
+        if os.environ.get("GENALIGN_DEBUG"):  # the full (chained) traceback, e.g. of a user reward that raised
+            import traceback
+
+            traceback.print_exc()
         print(f"genalign: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -211,7 +211,9 @@ def _parse_override(item: str):
     if not key:
         raise ConfigError(f"override '{item}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_unique(raw) if raw.strip() else ""
+    except _DuplicateKey as e:
+        raise ConfigError(f"override '{item}' repeats the key '{e.key}'") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -281,6 +283,38 @@ def _normalise_sections(raw: Dict[str, Any]) -> Dict[str, Any]:
     return raw
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int):
+        super().__init__(f"key {key!r} repeated at line {line}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with '<<' may be overridden on purpose
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # SafeLoader reports unhashable keys itself
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(stream):
+    """``yaml.safe_load`` that raises on a repeated mapping key (``_DuplicateKey``, a ``yaml.YAMLError``)."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise ConfigError(f"config file '{path}' does not exist")
@@ -288,7 +322,10 @@ def load_yaml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"config path '{path}' is a directory, expected a YAML file")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = safe_load_unique(f)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file '{path}' repeats the key '{e.key}' at line {e.line}; each key may appear "
+                          f"once per section (PyYAML would silently keep only the last)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

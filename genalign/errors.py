@@ -18,6 +18,10 @@ class CheckpointError(GenalignError):
     """A missing or corrupt checkpoint or weights file."""
 
 
+class RewardError(GenalignError):
+    """A user reward raised, or returned something other than one finite-or-NaN number per sample."""
+
+
 def choices(valid) -> str:
     """Format the valid choices for an error message."""
     return ", ".join(sorted(str(v) for v in valid))

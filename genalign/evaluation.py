@@ -146,7 +146,8 @@ def media_kwargs(generator) -> Dict[str, Any]:
 
 def sample_and_write(generator, prompts: Sequence[str], seeds: Sequence[int], scfg, out_dir: str, tag: str = "grid",
                      num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, batch_size: int = 8,
-                     rewards=None, subdir: Optional[str] = "", iteration: Optional[int] = None) -> Dict[str, Any]:
+                     rewards=None, subdir: Optional[str] = "", iteration: Optional[int] = None,
+                     before_write=None) -> Dict[str, Any]:
     """Single-process convenience for ``genalign sample`` / ``genalign eval``: generate every (prompt, seed),
     score with ``rewards``, write the media and records. Returns :func:`write_evaluation`'s dict plus ``scores``."""
     items = eval_items(prompts, seeds)
@@ -155,6 +156,8 @@ def sample_and_write(generator, prompts: Sequence[str], seeds: Sequence[int], sc
                        batch_size=batch_size)
     rewards = list(rewards or [])
     scores = score_samples(rewards, samples, ps, device=getattr(generator, "device", None))
+    if before_write is not None:  # e.g. clear earlier outputs only once the new ones exist
+        before_write()
     out = write_evaluation(out_dir, tag, samples, ps, ss, len(prompts), len(seeds), scores, subdir=subdir,
                            iteration=iteration, weights=[getattr(r, "weight", 1.0) for r in rewards],
                            **media_kwargs(generator))

@@ -3,6 +3,9 @@
 A write goes to a temporary file in the same directory, is fsync'ed, and is renamed over the target
 (``os.replace`` is atomic on POSIX). Directories (checkpoints) are written to ``<name>.tmp-<pid>`` and
 renamed into place once complete.
+
+Files and directories come out with the user's umask, like any other tool's (``tempfile`` creates them
+owner-only, 0600 / 0700, so the mode is set from the umask before the rename).
 """
 
 from __future__ import annotations
@@ -12,7 +15,35 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any, Dict, Iterator
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux (no side effect), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` would give a new directory: 0o777 less the umask."""
+    return 0o777 & ~current_umask()
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -24,6 +55,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600; give it the mode any other tool would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,6 +98,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp made it 0700
         yield tmp
         if os.path.exists(path):
             old = tmp + ".old"

@@ -41,13 +41,17 @@ def save_grid(samples: torch.Tensor, rows: int, cols: int, path: str, upscale: i
 
 def sample_to_dir(generator, prompts: Sequence[str], seeds: Sequence[int], scfg, out_dir: str,
                   num_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-                  batch_size: int = 8, rewards=None) -> List[dict]:
+                  batch_size: int = 8, rewards=None, before_write=None) -> List[dict]:
     """Deterministic samples for every (prompt, seed) into ``out_dir``: one file per sample (``0000_seed0.png`` or
     ``.wav``), ``grid.png`` (images, or spectrograms for audio, with ``index.html`` players), and ``samples.jsonl``
-    with reward scores. Returns the records."""
+    with reward scores. Returns the records.
+
+    ``before_write()``, if given, runs once everything is sampled and scored, just before the first file is written
+    (``genalign sample --overwrite`` clears earlier samples there, so a failure before it loses nothing)."""
     os.makedirs(out_dir, exist_ok=True)
     from .evaluation import sample_and_write
 
     out = sample_and_write(generator, prompts, seeds, scfg, out_dir, tag="grid", num_steps=num_steps,
-                           guidance_scale=guidance_scale, batch_size=batch_size, rewards=rewards, subdir="")
+                           guidance_scale=guidance_scale, batch_size=batch_size, rewards=rewards, subdir="",
+                           before_write=before_write)
     return out["records"]

@@ -268,7 +268,9 @@ def decode_image(data: bytes, what: str = "image") -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:
+        raise GenalignError(f"{what} is too large to decode: {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise GenalignError(f"{what} is not a readable image ({type(e).__name__})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 

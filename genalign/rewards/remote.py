@@ -10,20 +10,25 @@ Protocol (JSON only — never pickle; standard library on both sides)::
     errors     -> HTTP 4xx/5xx with {"error": "one line"}; the server keeps serving.
 
 Images travel as 8-bit PNGs (values rounded to 1/255) and audio as 16-bit PCM WAVs, so remote scores equal
-local scores of the rounded samples. The server listens on loopback (127.0.0.1) unless told otherwise, limits
-the request size, times out slow reads and slow scoring (HTTP 504), and scores one request at a time (models
-are rarely thread-safe) while answering ``/health`` concurrently.
+local scores of the rounded samples. The server listens on loopback (127.0.0.1) unless told otherwise and scores
+one request at a time (models are rarely thread-safe) while answering ``/health`` concurrently. Abuse is answered,
+never crashed on: a request not fully received within ``--read-timeout`` gets 408 and the connection is cut; a body
+over ``--max-request-bytes`` 413; images decoding to more than ``--max-pixels`` in all (decompression bombs,
+measured from their headers before decoding) 413; malformed framing or JSON 400/411; scoring past
+``--request-timeout`` 504; more than ``--workers`` connections at once 503 (the client retries). One request per
+connection (``Connection: close``).
 
-CLI: ``genalign serve-reward NAME [--port P] [--host H] [--arg key=value ...]`` (:func:`serve_main`).
+CLI: ``genalign serve-reward NAME [--port P] [--host H] [--arg key=value ...] [--workers N] [--read-timeout S]
+[--request-timeout S] [--max-request-bytes B] [--max-pixels P]`` (:func:`serve_main`).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
 import math
+import socket
 import sys
 import threading
 import time
@@ -36,12 +41,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..errors import ConfigError, GenalignError
+from ..errors import ConfigError, GenalignError, RewardError
 from ..registry import REWARDS
+from ..utils.argtypes import OneLineParser, int_range, positive_float, positive_int
 from .base import Reward, build_reward
 from .encoders import decode_image, decode_wav, encode_png, encode_wav
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # decoded pixels per request (~0.8 GB as float32 RGB)
+DEFAULT_WORKERS = 16
 
 
 class BadRequest(Exception):
@@ -59,10 +67,33 @@ def _decode_b64(item: Any, what: str) -> bytes:
         raise BadRequest(400, f"{what} is not valid base64") from None
 
 
-def parse_request(body: bytes, modality: str) -> Dict[str, Any]:
-    """Validate a /score body and decode its samples; raises BadRequest with a one-line message."""
+def _image_pixels(raw: bytes) -> int:
+    """Pixels an encoded image would decode to, read from its header only (0 when unreadable: decoding then
+    reports it)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:  # over Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS)
+        raise BadRequest(413, f"image refused as a decompression bomb: {e}") from None
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_image gives the one-line error
+        return 0
+    return int(w) * int(h)
+
+
+def parse_request(body: bytes, modality: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dict[str, Any]:
+    """Validate a /score body and decode its samples; raises BadRequest with a one-line message.
+
+    Images are measured from their headers before decoding: more than ``max_pixels`` in all is refused (413),
+    so a few kilobytes of PNG cannot make the server allocate gigabytes.
+    """
     try:
         req = json.loads(body.decode("utf-8"))
+    except RecursionError:
+        raise BadRequest(400, "request body is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(400, f"request body is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(req, dict):
@@ -88,10 +119,15 @@ def parse_request(body: bytes, modality: str) -> Dict[str, Any]:
         raise BadRequest(400, "'metadata' must be a list of objects, one per prompt")
     tensors = []
     rate = None
+    pixels = 0
     for i, it in enumerate(items):
         raw = _decode_b64(it, f"{key}[{i}]")
         try:
             if key == "images":
+                pixels += _image_pixels(raw)
+                if pixels > max_pixels:
+                    raise BadRequest(413, f"images up to images[{i}] decode to {pixels} pixels, over the limit of "
+                                          f"{max_pixels} pixels per request (--max-pixels)")
                 tensors.append(decode_image(raw, f"images[{i}]"))
             else:
                 w, sr = decode_wav(raw, f"audio[{i}]")
@@ -111,10 +147,66 @@ def parse_request(body: bytes, modality: str) -> Dict[str, Any]:
     return {"samples": torch.stack(tensors), "prompts": prompts, "metadata": meta}
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server with at most ``workers`` connections in flight: one more is answered 503 at once
+    (the client retries with backoff) instead of spawning a thread per connection without bound."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address, handler, workers: int):
+        self._slots = threading.BoundedSemaphore(workers)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):  # one line, never a (chained) traceback
+        e = sys.exc_info()[1]
+        if not isinstance(e, OSError):  # a client that went away is not worth a line
+            print(f"genalign serve-reward: connection from {client_address[0]} failed: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+
+
+def _refuse_busy(request) -> None:
+    body = b'{"error": "server busy: all workers are in use; retry later"}'
+    head = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    try:
+        request.settimeout(1.0)
+        request.sendall(head + body)
+        request.setblocking(False)
+        request.recv(1 << 16)  # drop what already arrived, so closing does not reset the answer away
+    except OSError:
+        pass
+
+
 def make_server(reward: Reward, host: str = "127.0.0.1", port: int = 0,
                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, request_timeout: float = 300.0,
-                read_timeout: float = 30.0) -> ThreadingHTTPServer:
-    """A ready (not yet serving) HTTP server scoring with ``reward``; ``port=0`` picks a free port."""
+                read_timeout: float = 30.0, workers: int = DEFAULT_WORKERS,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ThreadingHTTPServer:
+    """A ready (not yet serving) HTTP server scoring with ``reward``; ``port=0`` picks a free port.
+
+    ``read_timeout`` bounds the time from connecting to having the whole request (headers and body): a client that
+    stops sending is answered 408 and cut off. ``workers`` bounds the connections served at once; ``max_pixels``
+    the decoded pixels of one request (decompression bombs: a small PNG of a huge blank image is refused, 413).
+    """
+    _check_limits(max_request_bytes=max_request_bytes, request_timeout=request_timeout, read_timeout=read_timeout,
+                  workers=workers, max_pixels=max_pixels)
     lock = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
     name = reward.name
@@ -125,45 +217,143 @@ def make_server(reward: Reward, host: str = "127.0.0.1", port: int = 0,
         return [None if not math.isfinite(v) else float(v) for v in out.detach().cpu().double().tolist()]
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = read_timeout  # socket timeout: a stalled client cannot hold a thread forever
+        timeout = read_timeout + 5.0  # per-recv socket timeout, a backstop: the watchdog bounds the whole request
         protocol_version = "HTTP/1.1"
         server_version = "genalign-reward/1"
+
+        def setup(self):
+            super().setup()
+            self._expired = False
+            self._body_pending = False
+            self._watchdog = threading.Timer(read_timeout, self._read_expired)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+        def finish(self):
+            self._watchdog.cancel()
+            if self._body_pending:  # answered before reading the body: let the client finish sending, briefly
+                _linger(self.connection)
+            try:
+                super().finish()
+            except OSError:
+                pass
+
+        def _read_expired(self):  # the request did not arrive in time: wake the blocked read (EOF), keep writing
+            self._expired = True
+            try:
+                self.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
         def log_message(self, fmt, *args):  # quiet by default; errors are reported in responses
             pass
 
+        def handle_one_request(self):  # as BaseHTTPRequestHandler's, plus 408 on a request that never arrived
+            self.close_connection = True  # one request per connection: the read deadline covers all of it
+            self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+            try:
+                self.raw_requestline = self.rfile.readline(65537)
+            except TimeoutError:
+                self._expired = True
+                self.raw_requestline = b""
+            if not self.raw_requestline or not self.raw_requestline.endswith(b"\n"):
+                if self._expired or self.raw_requestline:
+                    self._error(408 if self._expired else 400, self._late() if self._expired else
+                                "incomplete request line")
+                return
+            if len(self.raw_requestline) > 65536:
+                self._error(414, "request line too long")
+                return
+            try:
+                if not self.parse_request():  # sends its own error (via send_error below)
+                    return
+            except TimeoutError:
+                self._expired = True
+                self._error(408, self._late())
+                return
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self._error(501, f"unsupported method '{self.command}'; valid: GET /health, POST /score")
+                return
+            method()
+            self.close_connection = True
+
+        def handle_expect_100(self):  # curl sends large bodies only after "100 Continue": refuse oversize first
+            length = (self.headers.get("Content-Length") or "").strip()
+            if length.isdigit() and int(length) > max_request_bytes:
+                self._error(413, f"request of {length} bytes exceeds the limit of {max_request_bytes} bytes")
+                return False
+            return super().handle_expect_100()
+
+        def _late(self) -> str:
+            return f"request not received within the read timeout of {read_timeout:g} s"
+
+        def send_error(self, code, message=None, explain=None):  # parse errors, as JSON, one line
+            if self.request_version == "HTTP/0.9":  # answer with a status line all the same
+                self.request_version = "HTTP/1.1"
+            if self._expired:
+                code, message = 408, self._late()
+            self._error(code, message or "malformed request")
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, {"error": message})
+
         def _send(self, status: int, obj: Dict[str, Any]) -> None:
             data = json.dumps(obj).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status >= 400:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(data)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+            except OSError:  # the client went away; nothing to tell it
+                pass
+            self.close_connection = True
 
         def do_GET(self):
-            if self.path.rstrip("/") == "/health":
+            self._watchdog.cancel()
+            if self._expired:
+                self._error(408, self._late())
+            elif self.path.rstrip("/") == "/health":
                 self._send(200, {"status": "ok", "reward": name, "modality": reward.modality, "scope": reward.scope,
-                                 "max_request_bytes": max_request_bytes})
+                                 "max_request_bytes": max_request_bytes, "max_pixels": max_pixels,
+                                 "read_timeout": read_timeout, "workers": workers})
             else:
-                self._send(404, {"error": f"unknown path '{self.path}'; valid: GET /health, POST /score"})
+                self._error(404, f"unknown path '{self.path}'; valid: GET /health, POST /score")
+
+        def _read_body(self) -> bytes:
+            if self._expired:
+                raise BadRequest(408, self._late())
+            if self.path.rstrip("/") != "/score":
+                raise BadRequest(404, f"unknown path '{self.path}'; valid: GET /health, POST /score")
+            if self.headers.get("Transfer-Encoding"):
+                raise BadRequest(411, "chunked bodies are not accepted; send a Content-Length header")
+            length = (self.headers.get("Content-Length") or "").strip()
+            if not length.isdigit():
+                raise BadRequest(411, "a Content-Length header (a non-negative integer) is required")
+            length = int(length)
+            if length > max_request_bytes:
+                self._body_pending = True
+                raise BadRequest(413, f"request of {length} bytes exceeds the limit of {max_request_bytes} bytes")
+            self._body_pending = True
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                raise BadRequest(408, self._late()) from None
+            self._watchdog.cancel()  # the request is in: scoring has its own limit (request_timeout)
+            if len(body) < length:
+                if self._expired:
+                    raise BadRequest(408, self._late())
+                raise BadRequest(400, f"request body of {len(body)} bytes is shorter than its Content-Length {length}")
+            self._body_pending = False
+            return body
 
         def do_POST(self):
             try:
-                if self.path.rstrip("/") != "/score":
-                    raise BadRequest(404, f"unknown path '{self.path}'; valid: GET /health, POST /score")
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise BadRequest(411, "a Content-Length header is required")
-                length = int(length)
-                if length > max_request_bytes:
-                    raise BadRequest(413, f"request of {length} bytes exceeds the limit of {max_request_bytes} bytes")
-                body = self.rfile.read(length)
-                if len(body) < length:
-                    raise BadRequest(400, "request body shorter than its Content-Length")
-                parsed = parse_request(body, reward.modality)
+                body = self._read_body()
+                parsed = parse_request(body, reward.modality, max_pixels)
                 fut = pool.submit(run_reward, parsed)
                 try:
                     scores = fut.result(timeout=request_timeout)
@@ -171,29 +361,66 @@ def make_server(reward: Reward, host: str = "127.0.0.1", port: int = 0,
                     raise BadRequest(504, f"scoring took longer than {request_timeout:g} s") from None
                 self._send(200, {"scores": scores})
             except BadRequest as e:
-                self._send(e.status, {"error": str(e)})
+                self._error(e.status, str(e))
+            except RewardError as e:  # the reward's own input checks are a 4xx; its crashes a 500 (retried)
+                cause = e.__cause__
+                status = 400 if cause is None or isinstance(cause, (GenalignError, ValueError)) else 500
+                self._error(status, str(e))
             except (GenalignError, ValueError) as e:
-                self._send(400, {"error": f"reward '{name}' rejected the request: {e}"})
-            except OSError:  # client went away / socket timeout while reading
+                self._error(400, f"reward '{name}' rejected the request: {e}")
+            except OSError:  # client went away / socket timeout
                 self.close_connection = True
             except Exception as e:  # an internal reward error: report it, keep serving
-                self._send(500, {"error": f"reward '{name}' failed: {type(e).__name__}: {e}"})
+                self._error(500, f"reward '{name}' failed: {type(e).__name__}: {e}")
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = _BoundedServer((host, port), Handler, workers)
     server._genalign_pool = pool  # type: ignore[attr-defined]
     return server
 
 
+def _linger(conn, seconds: float = 2.0, limit: int = 256 * 1024 * 1024) -> None:
+    """Read and drop what the client is still sending (for at most ``seconds``) before closing, so that closing a
+    socket with unread data does not reset the connection and lose the 4xx answer already sent."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        got = 0
+        while got < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            conn.settimeout(left)
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            got += len(chunk)
+    except OSError:
+        pass
+
+
+def _check_limits(**limits) -> None:
+    for key, value in limits.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if key in ("workers", "max_request_bytes", "max_pixels"):
+            ok = ok and float(value).is_integer()
+        if not ok:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"reward server: {flag} is {value!r}; it must be a finite number > 0"
+                              + (" (an integer)" if key in ("workers", "max_request_bytes", "max_pixels") else ""))
+
+
 def serve(reward_name: str, args: Optional[Dict[str, Any]] = None, host: str = "127.0.0.1", port: int = 8765,
           max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, request_timeout: float = 300.0,
-          device: Optional[str] = None, ready: Optional[callable] = None) -> None:
+          device: Optional[str] = None, ready: Optional[callable] = None, read_timeout: float = 30.0,
+          workers: int = DEFAULT_WORKERS, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Build reward ``reward_name`` with ``args`` and serve it until interrupted (blocking)."""
+    _check_limits(max_request_bytes=max_request_bytes, request_timeout=request_timeout, read_timeout=read_timeout,
+                  workers=workers, max_pixels=max_pixels)  # before the (maybe slow) reward model loads
     reward = build_reward(reward_name, args or {})
     reward.name = reward_name
     if device:
         reward.to(device)
-    server = make_server(reward, host, port, max_request_bytes, request_timeout)
+    server = make_server(reward, host, port, max_request_bytes, request_timeout, read_timeout, workers, max_pixels)
     h, p = server.server_address[:2]
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: reward server listens on {host}, reachable from other machines; it has no authentication",
@@ -232,20 +459,26 @@ def _parse_value(text: str) -> Any:
 
 def serve_main(argv: List[str]) -> int:
     """``genalign serve-reward NAME [--host H] [--port P] [--arg key=value ...]``; returns an exit status."""
-    p = argparse.ArgumentParser(prog="genalign serve-reward", description="Serve a registered reward over HTTP (JSON).")
+    p = OneLineParser(prog="genalign serve-reward", description="Serve a registered reward over HTTP (JSON).")
     p.add_argument("name", metavar="NAME", help="registered reward name or dotted import path")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="port (0 = pick a free one; the chosen one is printed)")
+    p.add_argument("--port", type=int_range(0, 65535), default=8765,
+                   help="port (0 = pick a free one; the chosen one is printed)")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="reward constructor argument; VALUE is parsed as YAML (repeatable)")
-    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
-    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds allowed to score one request")
+    p.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="most decoded image pixels in one request (decompression-bomb guard)")
+    p.add_argument("--request-timeout", type=positive_float, default=300.0, help="seconds allowed to score one request")
+    p.add_argument("--read-timeout", type=positive_float, default=30.0,
+                   help="seconds allowed to receive one whole request; a stalled client is answered 408")
+    p.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
+                   help="connections served at once; more are answered 503 (retry)")
     p.add_argument("--device", default=None, help="torch device for the reward model (e.g. cuda)")
     ns = p.parse_args(argv)
     args = parse_key_values(ns.arg)
-    if not (0 <= ns.port <= 65535):
-        raise ConfigError(f"--port {ns.port} out of range 0..65535")
-    serve(ns.name, args, ns.host, ns.port, ns.max_request_bytes, ns.request_timeout, ns.device)
+    serve(ns.name, args, ns.host, ns.port, ns.max_request_bytes, ns.request_timeout, ns.device,
+          read_timeout=ns.read_timeout, workers=ns.workers, max_pixels=ns.max_pixels)
     return 0
 
 

@@ -2,11 +2,6 @@
 
 import base64
 import json
-import os
-import subprocess
-import sys
-import threading
-import urllib.error
 import urllib.request
 
 import pytest
@@ -16,29 +11,7 @@ from genalign.errors import GenalignError
 from genalign.rewards.base import build_reward
 from genalign.rewards.encoders import encode_png
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-class Server:
-    def __init__(self, *argv):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]), HF_HUB_OFFLINE="1")
-        code = "import sys; from genalign.rewards.remote import serve_main; sys.exit(serve_main(sys.argv[1:]))"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *argv, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        line = {}
-        t = threading.Thread(target=lambda: line.setdefault("l", self.proc.stdout.readline()), daemon=True)
-        t.start()
-        t.join(180)
-        if "serving reward" not in line.get("l", ""):
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line.get('l')!r} {self.proc.stderr.read()}")
-        self.url = line["l"].strip().rsplit(" ", 1)[1]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
+from remote_helpers import Server, post
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +19,6 @@ def server():
     s = Server("remote_helpers:HelperReward", "--max-request-bytes", "20000", "--request-timeout", "60")
     yield s
     s.stop()
-
-
-def post(url, body: bytes, path="/score"):
-    req = urllib.request.Request(url + path, data=body, method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def b64png(img):
