@@ -147,14 +147,12 @@ class Trainer:
         with self.algorithm.sampling_policy(self.view):
             for a in range(0, len(p.prompts), bs):
                 b = slice(a, a + bs)
-                ro = self.generator.rollout(
+                outs.append(self.generator.rollout(
                     p.prompts[b], p.seeds[b], cfg.sampler, stochastic=with_log_probs, group_ids=p.group_ids[b],
                     noise_seeds=p.noise_seeds[b], window_start=p.window_start,
                     train_steps=None if train_steps is None else train_steps[b],
-                    store_means=self.algorithm.store_means, model=self.model,
-                    **self.algorithm.rollout_kwargs(self.view, iteration))
-                ro.metadata = list(p.metadata[b])
-                outs.append(ro)
+                    store_means=self.algorithm.store_means, model=self.model, metadata=p.metadata[b],
+                    **self.algorithm.rollout_kwargs(self.view, iteration)))
         self.model.train()
         return cat_rollouts(outs)
 

@@ -378,6 +378,13 @@ class Generator:
     def schedule(self, num_steps: int, shift: Optional[float] = None) -> Schedule:
         raise NotImplementedError
 
+    def encode_for(self, prompts: Sequence[str], guidance_scale: float,
+                   metadata: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, Any]:
+        """Conditioning of a batch whose prompts carry per-prompt fields (a JSONL prompts file: duration, target
+        text, ...). Families whose conditioning reads such fields (e.g. an audio model's duration) override this;
+        the default encodes the prompts alone."""
+        return self.encode(prompts, guidance_scale)
+
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
 
@@ -467,6 +474,7 @@ class Generator:
         decode: bool = True,
         model=None,
         cond: Optional[Dict[str, Any]] = None,
+        metadata: Optional[Sequence[Dict[str, Any]]] = None,
     ) -> Rollout:
         """Sample trajectories with per-step log-probs (NaN on deterministic steps).
 
@@ -478,7 +486,7 @@ class Generator:
         g = scfg.guidance_scale if guidance_scale is None else guidance_scale
         sch = self.schedule(T, scfg.shift)
         if cond is None:
-            cond = self.encode(list(prompts), g)
+            cond = self.encode_for(list(prompts), g, metadata)
         x = self.initial_noise(noise_seeds if noise_seeds is not None else seeds).float()
         gens = sample_generators(seeds, "cpu", salt=1)
         mask = self.stochastic_mask(T, scfg, window_start) if stochastic else torch.zeros(T, dtype=torch.bool)
@@ -510,6 +518,7 @@ class Generator:
             schedule=sch,
             guidance_scale=g,
             samples=self.decode(x) if decode else None,
+            metadata=[dict(m) for m in metadata] if metadata is not None else [],
         )
 
     def step_log_prob(self, model, ro: Rollout, step_idx: torch.Tensor, scfg: SamplerConfig, detach_uncond=False):

@@ -82,3 +82,13 @@ class LearnedBrightness(LearnableReward):
 
     def load_state_dict(self, sd):
         self.trained_microbatches = int(sd["trained_microbatches"])
+
+
+class RecordsMetadata(LearnableReward.__mro__[1]):  # a plain Reward
+    """Scores each sample by whether its prompt's ``colour`` field appears in the prompt (and records what it saw)."""
+
+    seen: list = []
+
+    def score(self, samples, prompts, metadata):
+        RecordsMetadata.seen.extend(metadata)
+        return torch.tensor([float(m.get("colour", "?") in p) for p, m in zip(prompts, metadata)])

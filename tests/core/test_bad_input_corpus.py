@@ -188,7 +188,8 @@ def test_sample_overwrite_replaces_only_genaligns_files(ctx):
     assert [(r["prompt"], r["seed"]) for r in recs] == [("a", 0), ("a", 1)]  # not appended to the earlier record
     assert open(os.path.join(out, "0000_seed0.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"  # the new sample
     assert open(os.path.join(out, "my_notes.md")).read() == "keep me"
-    assert sorted(os.listdir(out)) == ["0000_seed0.png", "0001_seed1.png", "grid.png", "my_notes.md", "samples.jsonl"]
+    assert sorted(os.listdir(out)) == ["0000_seed0.png", "0001_seed1.png", "evals.jsonl", "grid.png", "my_notes.md",
+                                       "samples.jsonl"]
 
 
 def test_function_reward_and_yaml_override_values(ctx, tmp_path):

@@ -118,3 +118,21 @@ def test_a_run_without_rewards_needs_an_algorithm_that_trains_without_them(tmp_p
     with pytest.raises(ConfigError, match="'rewards' is empty"):
         build_config(raw)
     build_config({**raw, "algorithm": TWO_PART})  # valid: TwoPart trains without rewards
+
+
+def test_jsonl_prompt_fields_reach_the_rewards_through_the_rollout(tmp_path):
+    from tests.core.parts_for_tests import RecordsMetadata
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red cube", "colour": "red", "ref": 1}\n'
+                       '{"prompt": "a blue ball", "colour": "blue", "ref": 2}\n')
+    cfg = make_config(tmp_path, {"name": "grpo"}, rewards=[{"name": "tests.core.parts_for_tests:RecordsMetadata"}],
+                      iterations=1)
+    cfg.data.prompts = str(prompts)
+    tr = trainer_for(cfg)
+    RecordsMetadata.seen.clear()
+    ro = tr.do_rollout(0)
+    assert [m["colour"] in p for p, m in zip(ro.prompts, ro.metadata)] == [True] * len(ro)
+    per, _, _ = tr.score(ro)
+    assert per.flatten().tolist() == [1.0] * len(ro)
+    assert {m["ref"] for m in RecordsMetadata.seen} <= {1, 2} and len(RecordsMetadata.seen) == len(ro)
