@@ -79,19 +79,11 @@ class View:
     def predict(self, x, t, cond, guidance: float = 1.0, part: str = "policy", detach_uncond: bool = False):
         return self._host.generator.predict(self.module(part), x, t, cond, guidance, detach_uncond)
 
+    @contextlib.contextmanager
     def reference(self):
-        """Context manager yielding the frozen reference network (adapter off, or a frozen copy), in autocast."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(self.autocast())
-        ref = stack.enter_context(self._host.generator.reference())
-
-        @contextlib.contextmanager
-        def _cm():
-            with stack:
-                yield ref
-
-        return _cm()
+        """The frozen reference network (adapter off, or a frozen copy), under no_grad and autocast."""
+        with torch.no_grad(), self.autocast(), self._host.generator.reference() as ref:
+            yield ref
 
     def step_log_prob(self, mb, step_idx, detach_uncond: bool = False, model=None):
         return self._host.generator.step_log_prob(model if model is not None else self.model, mb, step_idx,
