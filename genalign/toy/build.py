@@ -390,17 +390,17 @@ def fd_to_real_with(images: torch.Tensor, classifier: DigitClassifier) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def _stopper(kind: str, clf, cfg: BuildConfig, log, curve: List):
+def _stopper(asset: str, clf, cfg: BuildConfig, log, curve: List):
     """The early-stopping check (see the manifest's ``early_stopping.rule``); appends (step, correctness)."""
 
     def check(step: int, pipe, default_processors, training_processor) -> bool:
         if cfg.stop_at <= 0 or step % cfg.stop_every:
             return False
-        net = pipe.transformer if kind == "flow" else pipe.unet
+        net = pipe.transformer if asset == "flow" else pipe.unet
         if default_processors is not None:
             net.set_attn_processor(dict(default_processors))  # diffusers pops from the dict
         net.eval()
-        if kind == "flow":
+        if asset == "flow":
             res = evaluate_pipeline(pipe, clf, [cfg.stop_seed], cfg.flow_steps_sample, cfg.flow_guidance,
                                     cfg.stop_images, max_sequence_length=cfg.flow_max_sequence_length)
         else:
@@ -411,7 +411,7 @@ def _stopper(kind: str, clf, cfg: BuildConfig, log, curve: List):
             net.set_attn_processor(training_processor)
         c, lo = res["correctness_mean"], min(res["correctness_per_digit"])
         curve.append([step, round(c, 4), round(lo, 4)])
-        log(f"{kind} step {step}: stop-check correctness {c:.3f} (worst digit {lo:.3f})")
+        log(f"{asset} step {step}: stop-check correctness {c:.3f} (worst digit {lo:.3f})")
         return c >= cfg.stop_at and lo >= cfg.stop_min_digit
 
     return check

@@ -18,11 +18,7 @@ import genalign
 ROOT = pathlib.Path(genalign.__file__).parent
 
 # files allowed to keep a match, with the reason
-ALLOWED = {
-    # the toy-asset builder trains the two toy pipelines from scratch (before any Generator exists); its
-    # `kind` names which asset it is building ("flow" / "eps"), not a loaded model's noise law
-    "toy/build.py": "asset name of the toy builder",
-}
+ALLOWED: dict = {}
 
 LAW_NAMES = r"(?:flow|vp|edm|eps|epsilon)"
 PATTERNS = [
