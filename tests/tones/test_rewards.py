@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from genalign.errors import ConfigError
+from genalign.errors import ConfigError, RewardError
 from genalign.registry import REWARDS
 from genalign.rewards.base import build_reward
 from genalign.tones import data as D
@@ -98,5 +98,5 @@ def test_onset_sharpness_ramp_and_articulations():
 
 
 def test_shape_errors():
-    with pytest.raises(ValueError, match=r"\(N, C, L\)"):
+    with pytest.raises(RewardError, match=r"\(N, C, L\)"):
         R.ToneCorrectness()(torch.zeros(2, SR), ["a C note"] * 2)
