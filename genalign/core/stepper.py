@@ -65,6 +65,8 @@ class Stepper:
         for r in range(phase.repeats):
             items = owner.items(view, batch)
             for mbs in self.chunks(owner, view, items, getattr(owner, "schedule_salt", 3) + 100 * r):
+                for p in parts:  # gradients another phase left in these parts (e.g. a GAN loss through the fake
+                    p.optimizer.zero_grad(set_to_none=True)  # score while the generator stepped) are not ours
                 K = owner.objectives(view) if hasattr(owner, "objectives") else 1
                 if K > 1:
                     nonfinite = self.probe(owner, view, batch, mbs, parts, K, stats, losses)
