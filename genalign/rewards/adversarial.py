@@ -40,7 +40,9 @@ Scoring draws a sample's patches from (``seed``, iteration, the image's bytes): 
 The PickScore-style variant itself (a preference model with its last vision block trainable, pairwise
 cross-entropy at lr 5e-6) is ``adversarial_pickscore`` (:mod:`genalign.rewards.adversarial_pickscore`).
 
-Monitors (stats of every discriminator step, and :meth:`AdversarialReward.monitors` for evaluation):
+Monitors (stats of every discriminator step, ``discriminator/disc/*``, on this process's shard before the step; and
+:meth:`AdversarialReward.monitors`, which the trainer logs as ``monitor/<name>/disc/*`` on every iteration's gathered
+generations after the discriminator's phase, generator iterations included, unless ``monitor: false``):
 ``disc/acc_ref`` and ``disc/acc_gen`` (fraction of class tokens on the right side of 0), ``disc/acc``,
 ``disc/reward_gap`` (mean R(ref) − mean R(gen), reward convention) and ``disc/fd`` (Fréchet distance between the
 generations' and the references' class tokens, un-normalised, :func:`genalign.rewards.stats.frechet_distance`).
@@ -214,6 +216,7 @@ class AdversarialReward(ScheduledReward):
         disc_on_gen_iterations: also step D on the generator's iterations (k > 0 only).
         update_when: always | refs_below_gens. seed: seeds the head's initialisation and the scoring draws
             (a scored image's patch draw depends on (seed, iteration, the image's bytes) only).
+        monitor: log :meth:`monitors` of every iteration's generations (``monitor/<name>/disc/*``; True).
     """
 
     modality = "image"
@@ -224,7 +227,8 @@ class AdversarialReward(ScheduledReward):
                  num_patches: int = 64, cls_weight: float = 0.7, patch_loss_weight: float = 0.3, hidden: int = 512,
                  feature_norm: str = "reference", lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, disc_steps_per_gen: int = 9,
-                 disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0):
+                 disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0,
+                 monitor: bool = True):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
@@ -249,7 +253,7 @@ class AdversarialReward(ScheduledReward):
         self.reward_norm = feature_norm != "raw"
         self.optim = dict(lr=float(lr), betas=tuple(float(b) for b in betas), weight_decay=float(weight_decay),
                           max_grad_norm=max_grad_norm)
-        self.seed = int(seed)
+        self.seed, self.monitor = int(seed), bool(monitor)
         self.head: Optional[DiscriminatorHead] = None
 
     # ------------------------------------------------------------------------------------------ the part
