@@ -165,8 +165,9 @@ class ScheduledReward(LearnableReward):
         """One generator per sample of a loss unit, from the sample's own seed (``rollout.seeds``: global and
         independent of how the batch is split across processes) and how often it was visited this iteration —
         so a 2-process run draws what a 1-process run draws."""
-        if int(view.iteration) != self.iteration or not hasattr(self, "_visits"):
-            self.iteration, self._calls, self._visits = int(view.iteration), 0, {}
+        if int(view.iteration) != getattr(self, "_visits_of", None):  # visits count within one iteration
+            self._visits_of, self._calls, self._visits = int(view.iteration), 0, {}
+        self.iteration = int(view.iteration)
         self._calls += 1
         seeds = getattr(rollout, "seeds", None)
         out = []
