@@ -15,7 +15,8 @@
   ``normalized`` uses normalised tokens in both places and ``raw`` un-normalised tokens in both places.
   Measured on the toy (scripts/bench/adv_reward_probe.py): with the quirk the rewards barely vary (std 0.007 vs
   0.88 with ``raw``) and rank samples with Spearman 0.72 against the trained convention — combine it with other
-  rewards only after normalising each (``reward_aggregation: normalize_then_sum``).
+  rewards only after normalising each (``reward_aggregation: normalize_then_sum``). On the toy world only ``raw``
+  learned in the generator's budget (``normalized`` left the head at chance); configs/toy/adv_grpo.yaml uses it.
 * Optimiser defaults in the part's :class:`~genalign.core.phases.PartSpec`: Adam, lr 1e-4, betas (0.5, 0.999),
   no weight decay (a config section ``train.parts.discriminator`` overrides them).
 
