@@ -173,6 +173,19 @@ class Trainer:
         groups = acc.gather(ro.group_ids.to(acc.device)).cpu()
         return torch.stack(cols, 1).float(), groups, prompts
 
+    def reward_monitors(self, ro: Rollout) -> Dict[str, float]:
+        """The ``monitors(samples, prompts, metadata)`` of rewards with ``monitor`` set (e.g. a discriminator's
+        accuracy) on this iteration's gathered generations, after their phases; computed on the main process only."""
+        rs = [(r, n) for r, n in zip(self.rewards, self.reward_names) if getattr(r, "monitor", False)]
+        if not rs:
+            return {}
+        acc = self.accelerator
+        x, prompts = acc.gather(ro.samples.to(acc.device)).cpu(), gather_list(acc, ro.prompts)
+        meta = gather_list(acc, ro.metadata) if ro.metadata else None
+        if not self.is_main:
+            return {}
+        return {f"monitor/{n}/{k}": v for r, n in rs for k, v in r.monitors(x, prompts, meta).items()}
+
     def iterate(self, it: int) -> Dict[str, Any]:
         from .algorithms.advantages import aggregate_rewards
 
@@ -203,6 +216,7 @@ class Trainer:
             finite = torch.isfinite(combined)
             metrics["reward_mean"] = float(combined[finite].mean()) if finite.any() else float("nan")
             metrics["reward_std"] = float(combined[finite].std(unbiased=False)) if finite.any() else float("nan")
+            metrics.update(self.reward_monitors(batch.rollout))
             if "rewards" in needs:
                 if torch.isinf(per_reward).any() or not finite.all():
                     self.counters["skipped_nonfinite_reward"] += 1

@@ -15,7 +15,8 @@
   ``normalized`` uses normalised tokens in both places and ``raw`` un-normalised tokens in both places.
   Measured on the toy (scripts/bench/adv_reward_probe.py): with the quirk the rewards barely vary (std 0.007 vs
   0.88 with ``raw``) and rank samples with Spearman 0.72 against the trained convention — combine it with other
-  rewards only after normalising each (``reward_aggregation: normalize_then_sum``).
+  rewards only after normalising each (``reward_aggregation: normalize_then_sum``). On the toy world only ``raw``
+  learned in the generator's budget (``normalized`` left the head at chance); configs/toy/adv_grpo.yaml uses it.
 * Optimiser defaults in the part's :class:`~genalign.core.phases.PartSpec`: Adam, lr 1e-4, betas (0.5, 0.999),
   no weight decay (a config section ``train.parts.discriminator`` overrides them).
 
@@ -40,7 +41,9 @@ Scoring draws a sample's patches from (``seed``, iteration, the image's bytes): 
 The PickScore-style variant itself (a preference model with its last vision block trainable, pairwise
 cross-entropy at lr 5e-6) is ``adversarial_pickscore`` (:mod:`genalign.rewards.adversarial_pickscore`).
 
-Monitors (stats of every discriminator step, and :meth:`AdversarialReward.monitors` for evaluation):
+Monitors (stats of every discriminator step, ``discriminator/disc/*``, on this process's shard before the step; and
+:meth:`AdversarialReward.monitors`, which the trainer logs as ``monitor/<name>/disc/*`` on every iteration's gathered
+generations after the discriminator's phase, generator iterations included, unless ``monitor: false``):
 ``disc/acc_ref`` and ``disc/acc_gen`` (fraction of class tokens on the right side of 0), ``disc/acc``,
 ``disc/reward_gap`` (mean R(ref) − mean R(gen), reward convention) and ``disc/fd`` (Fréchet distance between the
 generations' and the references' class tokens, un-normalised, :func:`genalign.rewards.stats.frechet_distance`).
@@ -163,8 +166,9 @@ class ScheduledReward(LearnableReward):
         """One generator per sample of a loss unit, from the sample's own seed (``rollout.seeds``: global and
         independent of how the batch is split across processes) and how often it was visited this iteration —
         so a 2-process run draws what a 1-process run draws."""
-        if int(view.iteration) != self.iteration or not hasattr(self, "_visits"):
-            self.iteration, self._calls, self._visits = int(view.iteration), 0, {}
+        if int(view.iteration) != getattr(self, "_visits_of", None):  # visits count within one iteration
+            self._visits_of, self._calls, self._visits = int(view.iteration), 0, {}
+        self.iteration = int(view.iteration)
         self._calls += 1
         seeds = getattr(rollout, "seeds", None)
         out = []
@@ -214,6 +218,7 @@ class AdversarialReward(ScheduledReward):
         disc_on_gen_iterations: also step D on the generator's iterations (k > 0 only).
         update_when: always | refs_below_gens. seed: seeds the head's initialisation and the scoring draws
             (a scored image's patch draw depends on (seed, iteration, the image's bytes) only).
+        monitor: log :meth:`monitors` of every iteration's generations (``monitor/<name>/disc/*``; True).
     """
 
     modality = "image"
@@ -224,7 +229,8 @@ class AdversarialReward(ScheduledReward):
                  num_patches: int = 64, cls_weight: float = 0.7, patch_loss_weight: float = 0.3, hidden: int = 512,
                  feature_norm: str = "reference", lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, disc_steps_per_gen: int = 9,
-                 disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0):
+                 disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0,
+                 monitor: bool = True):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
@@ -249,7 +255,7 @@ class AdversarialReward(ScheduledReward):
         self.reward_norm = feature_norm != "raw"
         self.optim = dict(lr=float(lr), betas=tuple(float(b) for b in betas), weight_decay=float(weight_decay),
                           max_grad_norm=max_grad_norm)
-        self.seed = int(seed)
+        self.seed, self.monitor = int(seed), bool(monitor)
         self.head: Optional[DiscriminatorHead] = None
 
     # ------------------------------------------------------------------------------------------ the part

@@ -129,6 +129,7 @@ class LearnableReward(Reward):
     """
 
     learnable = True
+    monitor = False  # True: the trainer logs monitors() every iteration
 
     def parts(self) -> Dict[str, Any]:
         raise NotImplementedError
@@ -147,6 +148,13 @@ class LearnableReward(Reward):
 
     def losses(self, view, batch, items):
         raise NotImplementedError
+
+    def monitors(self, samples: torch.Tensor, prompts: Sequence[str],
+                 metadata: Optional[Sequence[dict]] = None) -> Dict[str, float]:
+        """Gradient-free statistics of the current generations (e.g. a discriminator's accuracy); when ``monitor``
+        is set the trainer calls it on every iteration's gathered rollout after the reward's phases and logs
+        ``monitor/<reward>/<key>``."""
+        return {}
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {}

@@ -1,0 +1,137 @@
+"""Adv-GRPO on the toy world (issue 15), on the held-out protocol of scripts/bench/toy_learning.py.
+
+    # train a recipe for a fixed number of iterations (same seeds for every recipe), CPU seconds recorded
+    python scripts/bench/adv_grpo_toy.py train configs/toy/adv_grpo.yaml --out runs/bench_adv/adv [key=value ...]
+    # (eval_every is left to the overrides: the protocol's evaluation is the held-out one below)
+    # base vs checkpoints: correctness, FD to the thick references, FD to real digits, thick share, ink, diversity
+    python scripts/bench/adv_grpo_toy.py eval runs/bench_adv/adv runs/bench_adv/ink --at 100 200
+    # held-out grid (eval prompts × the first 8 held-out seeds) of a checkpoint ('base' for the base model)
+    python scripts/bench/adv_grpo_toy.py grid runs/bench_adv/adv checkpoint-200 out.png
+
+The references are the thick-stroke held-out digits (assets/toy/exemplars/thick_digits*, the adversarial reward's
+positives); "FD to refs" is toy_learning's FD to that exemplar set, "FD to real" its FD to the 360 real held-out
+digits. Held-out seeds 1000.. (32 per prompt by default), deterministic sampler of the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import toy_learning  # noqa: E402  (the held-out protocol)
+
+REPO = toy_learning.REPO
+EXEMPLAR = os.path.join(REPO, "assets/toy/exemplars/thick_digits.safetensors")
+
+
+def train(cfg_path, out, overrides):
+    cmd = [sys.executable, "-m", "genalign", "train", cfg_path, f"run.output_dir={out}", "run.overwrite=true",
+           "run.progress=false", "run.log_with=[none]", "train.max_minutes=0", *overrides]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        sys.exit(f"training failed:\n{r.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    rec = {"command": " ".join(cmd), "cpu_seconds": cpu, "wall_seconds": time.time() - t0}
+    with open(os.path.join(out, "bench_cpu.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    print(json.dumps(rec))
+
+
+def _ckpt(run, name):
+    return None if name == "base" else os.path.join(run, "checkpoints", name)
+
+
+def evaluate_runs(runs, at, n_seeds):
+    from genalign.config import load_config
+    from genalign.trainer import list_checkpoints
+
+    toy_learning.EXEMPLAR = EXEMPLAR
+    toy_learning.EXTRA_REWARDS = ["ink"]
+    print("| run | checkpoint | policy steps | trajectories | train CPU s | correctness | FD to refs | FD to real | "
+          "thick share | ink | diversity |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    base_done = False
+    for run in runs:
+        cfg = load_config(os.path.join(run, "config.yaml"))
+        cpu_file = os.path.join(run, "bench_cpu.json")
+        cpu = json.load(open(cpu_file))["cpu_seconds"] if os.path.exists(cpu_file) else float("nan")
+        rows = [] if base_done else [("base", None, {"part_steps": {"policy": 0}, "counters": {"trajectories": 0}})]
+        base_done = True
+        for ck in list_checkpoints(run):
+            it = int(ck.rsplit("-", 1)[1])
+            if at and it not in at:
+                continue
+            rows.append((os.path.basename(ck), ck, json.load(open(os.path.join(ck, "trainer_state.json")))))
+        for name, ck, st in rows:
+            m = toy_learning.evaluate(cfg, ck, n_seeds)
+            steps = st.get("part_steps", {}).get("policy", st.get("optimizer_step", "?"))
+            last = ck is not None and ck == list_checkpoints(run)[-1]
+            print(f"| {os.path.basename(run) if ck else 'base'} | {name} | {steps} | {st['counters']['trajectories']} "
+                  f"| {f'{cpu:.0f}' if last else ''} | {m['correctness']:.3f} | {m['fd_exemplar']:.1f} | {m['fd']:.1f} "
+                  f"| {m['thick_share']:.2f} | {m['ink']:.3f} | {m['diversity']:.2f} |", flush=True)
+
+
+def grid(run, name, out_png, n_seeds=8):
+    from genalign.config import load_config
+    from genalign.io import read_prompts
+    from genalign.media import image_grid
+    from genalign.registry import MODELS
+
+    cfg = load_config(os.path.join(run, "config.yaml"))
+    gen = MODELS.get(cfg.model.family).load(cfg.model, device="cpu")
+    if _ckpt(run, name):
+        gen.load_checkpoint(_ckpt(run, name))
+    prompts = read_prompts(cfg.data.eval_prompts or cfg.data.prompts)
+    x, P = toy_learning.held_out_samples(gen, cfg.sampler, prompts, n_seeds)
+    S = [1000 + i for _ in prompts for i in range(n_seeds)]
+    im = image_grid(x, len(prompts), n_seeds, P, S)
+    im = im.convert("P", palette=1, colors=64)  # small files (grey digits)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    im.save(out_png, optimize=True)
+    print(f"{out_png}: {os.path.getsize(out_png)} bytes")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("config")
+    t.add_argument("--out", required=True)
+    e = sub.add_parser("eval")
+    e.add_argument("runs", nargs="+")
+    e.add_argument("--at", type=int, nargs="*", default=[], help="checkpoint iterations (default: all)")
+    e.add_argument("--seeds", type=int, default=32)
+    g = sub.add_parser("grid")
+    g.add_argument("run")
+    g.add_argument("checkpoint", help="checkpoint-N, or 'base'")
+    g.add_argument("png")
+    args, extra = ap.parse_known_args()
+    if extra and args.cmd != "train":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    from genalign.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.cmd == "train":
+        train(args.config, args.out, extra)
+    elif args.cmd == "eval":
+        evaluate_runs(args.runs, set(args.at), args.seeds)
+    else:
+        grid(args.run, args.checkpoint, args.png)
+
+
+if __name__ == "__main__":
+    main()
