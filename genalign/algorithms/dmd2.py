@@ -76,6 +76,7 @@ def per_sample_draws(view, seeds, salt: int, shape) -> Tuple[torch.Tensor, torch
 class DMD2(Algorithm):
     needs_rewards = False
     needs_log_probs = False
+    few_step_student = True  # `genalign export` writes the student's scheduler and step count (student.json)
 
     real_guidance: float = field(default=3.0, metadata={"help": "Teacher CFG s_real (1.75 SD1.5, 8 SDXL)."})
     fake_updates_per_generator: int = field(default=5, metadata={"help": "TTUR: generator steps every N iterations."})

@@ -411,6 +411,13 @@ class Generator:
     # -------------------------------------------------------------------------------- few-step distillation
     def prepare_few_step(self) -> None:
         """Make ``schedule(K)`` start from pure noise for few-step students (flow schedules already do)."""
+        self.pipe.scheduler = self.few_step_scheduler(self.pipe.scheduler)
+        self.law = self.make_law()
+
+    @classmethod
+    def few_step_scheduler(cls, scheduler):
+        """The stock scheduler that samples a few-step student exactly as training does (``genalign export``)."""
+        return scheduler
 
     def feature_spec(self, model) -> Tuple[torch.nn.Module, str, int]:
         """(layer, kind, channels) of the denoiser's bottleneck features for a GAN head (DMD2 ``cls_pred_branch``):

@@ -104,13 +104,14 @@ class _VPGenerator(Generator):
                 vae.to(torch.float16)
         return (img / 2 + 0.5).clamp(0, 1)
 
-    def prepare_few_step(self) -> None:
+    @classmethod
+    def few_step_scheduler(cls, scheduler):
         """DDIM with "trailing" spacing: K steps at (999, 749, 499, 249) for K = 4, (999,) for K = 1 — DMD2's
         student timesteps (``sd_unified_model.py``); "leading" spacing would start a 1-step student at t = 1."""
         from diffusers import DDIMScheduler
 
-        self.pipe.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config, timestep_spacing="trailing")
-        self.law = self.make_law()
+        return DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False,
+                                         timestep_spacing="trailing")
 
     def feature_spec(self, model):
         """The UNet's mid-block output (N, C, H, W), DMD2's GAN feature."""
