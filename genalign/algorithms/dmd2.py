@@ -261,7 +261,8 @@ class DMD2(Algorithm):
         pos, cond_cfg = self.conditioning(view, ro.prompts)
         x0, k = self.student_x0(view, ro, pos)
         salt = _GEN_SALT + 7 * view.step_count("policy")
-        x_t, _, time, t_model = self.renoise(view, x0.detach(), ro.seeds, salt, self.dm_t_min, self.dm_t_max)
+        x_t, _, time, t_model = self.renoise(view, x0.detach(), self.dm_keys(ro), salt, self.dm_t_min,
+                                             self.dm_t_max)
         real = self.teacher_x0(view, x_t, time, t_model, cond_cfg)
         fake = self.fake_x0(view, x_t, time, t_model, pos)
         ldm, g = self.dm_term(view, x0, real, fake, ro)
@@ -280,6 +281,10 @@ class DMD2(Algorithm):
             loss = loss + self.regression_weight * lr
             stats["reg_loss"] = float(lr.detach())
         return loss, stats
+
+    def dm_keys(self, ro):
+        """What the DM re-noising draws (t, ε) are keyed on: each sample's seed (GNDM: its group id)."""
+        return ro.seeds
 
     def dm_term(self, view, x0, x0_real, x0_fake, ro):
         """The DMD2 surrogate ½·mean(x − sg(x − g))² (gradient g/numel); GNDM overrides the normaliser."""
