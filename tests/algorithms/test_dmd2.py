@@ -150,3 +150,14 @@ def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipel
                latents=lat, output_type="pt", **({"eta": 0.0} if family == "sd" else {})).images
     torch.testing.assert_close(got.float(), want.float(), atol=2e-4, rtol=0)
     assert not torch.allclose(want, tr.generator.decode(lat))  # a real sample, not the noise decoded
+    if rank == 0:  # `genalign sample` on the exported folder: the student's own steps and guidance by default
+        import numpy as np
+        from PIL import Image
+
+        from genalign.cli import main
+
+        assert main(["sample", "--model", out, "--prompt", prompts[0], "--seeds", str(seeds[0]), "--out",
+                     str(tmp_path / "s")]) == 0
+        png = sorted(f for f in os.listdir(tmp_path / "s") if f.endswith("_seed5.png"))[0]
+        img = torch.from_numpy(np.array(Image.open(tmp_path / "s" / png).convert("RGB"))).permute(2, 0, 1) / 255
+        assert (img - want[0]).abs().max() <= 1 / 255 + 1e-6
