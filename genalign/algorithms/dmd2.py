@@ -37,6 +37,7 @@ from genalign.algorithms.base import Algorithm
 from genalign.core.phases import PartSpec, Phase
 from genalign.core.seeding import torch_generator
 from genalign.errors import ConfigError, choices
+from genalign.models.base import cat_cond
 from genalign.losses.dmd import (
     REGRESSION_DISTANCES, GANHead, dmd_loss, fake_score_loss, gan_discriminator_loss, gan_generator_loss,
     regression_loss,
@@ -197,9 +198,10 @@ class DMD2(Algorithm):
         g = torch_generator(view.cfg.train.seed, view.iteration, _K_SALT)
         return int(torch.randint(0, num_steps, (1,), generator=g))
 
-    def student_x0(self, view, ro, pos) -> Tuple[torch.Tensor, int]:
+    def student_x0(self, view, ro, pos) -> Tuple[torch.Tensor, int, Optional[torch.Tensor]]:
         """The student's x̂0 with gradient at the backward-simulated state x_k (or, without backward simulation, at
-        the student's own final sample forward-noised to t_k: the train/inference mismatch DMD2 removes)."""
+        the student's own final sample forward-noised to t_k: the train/inference mismatch DMD2 removes), and the
+        regression loss when on — one forward of the (distributed) student for both."""
         gen, law = view.generator, view.generator.law
         sch = ro.schedule
         k = self.simulation_step(view, sch.num_steps)
@@ -210,8 +212,19 @@ class DMD2(Algorithm):
         else:
             _, eps = per_sample_draws(view, ro.seeds, _K_SALT, ro.states.shape[2:])
             x_k = law.interpolate(ro.states[:, -1].to(view.device).float(), eps, time_k)
-        out = gen.predict(view.module("policy"), x_k, sch.timesteps[k].to(view.device), pos, 1.0)
-        return law.x0_from(out, x_k, time_k), k
+        n = len(x_k)
+        xs, ts, conds = [x_k], [sch.timesteps[k].expand(n)], [pos["pos"]]
+        if self.regression_weight > 0:
+            z, t0, time0, pos_r, y = self.regression_inputs(view)
+            xs.append(z)
+            ts.append(t0.expand(len(z)))
+            conds.append(pos_r["pos"])
+        out = gen.predict(view.module("policy"), torch.cat(xs), torch.cat(ts).to(view.device),
+                          {"pos": cat_cond(conds)}, 1.0)
+        reg = None
+        if self.regression_weight > 0:
+            reg = regression_loss(law.x0_from(out[n:], z, time0), y, self.regression_distance, self.regression_c)
+        return law.x0_from(out[:n], x_k, time_k), k, reg
 
     def real_latents(self, view, batch, n: int) -> torch.Tensor:
         if batch.real is None:
@@ -244,13 +257,14 @@ class DMD2(Algorithm):
             pred = gen.predict(fake, x_t, t_model, pos, 1.0)
             loss = fake_score_loss(pred, law.target(x0, eps, time))
             return loss, {"fake_loss": float(loss.detach())}
-        pred, feats = gen.predict_with_features(fake, x_t, t_model, pos["pos"])
-        lf = fake_score_loss(pred, law.target(x0, eps, time))
         real = self.real_latents(view, batch, len(ro))
         xr_t, _, _, tr_model = self.renoise(view, real, ro.seeds, salt + _GAN_SALT, self.fake_t_min, self.fake_t_max)
-        _, feats_r = gen.predict_with_features(fake, xr_t, tr_model, pos["pos"])
-        head = view.module("gan_head")
-        d_fake, d_real = head(feats), head(feats_r)
+        n = len(ro)  # one forward of the (distributed) fake score for the student's and the real samples
+        pred, feats = gen.predict_with_features(fake, torch.cat([x_t, xr_t]), torch.cat([t_model, tr_model]),
+                                                cat_cond([pos["pos"], pos["pos"]]))
+        lf = fake_score_loss(pred[:n], law.target(x0, eps, time))
+        d = view.module("gan_head")(feats)
+        d_fake, d_real = d[:n], d[n:]
         ld = gan_discriminator_loss(d_real, d_fake)
         loss = lf + self.gan_discriminator_weight * ld
         return loss, {"fake_loss": float(lf.detach()), "gan_d_loss": float(ld.detach()),
@@ -259,7 +273,7 @@ class DMD2(Algorithm):
     def generator_loss(self, view, batch, ro):
         gen = view.generator
         pos, cond_cfg = self.conditioning(view, ro.prompts)
-        x0, k = self.student_x0(view, ro, pos)
+        x0, k, reg = self.student_x0(view, ro, pos)
         salt = _GEN_SALT + 7 * view.step_count("policy")
         x_t, _, time, t_model = self.renoise(view, x0.detach(), self.dm_keys(ro), salt, self.dm_t_min,
                                              self.dm_t_max)
@@ -276,10 +290,9 @@ class DMD2(Algorithm):
                 lg = gan_generator_loss(self.head(feats))
             loss = loss + self.gan_generator_weight * lg
             stats["gan_g_loss"] = float(lg.detach())
-        if self.regression_weight > 0:
-            lr = self.regression_term(view)
-            loss = loss + self.regression_weight * lr
-            stats["reg_loss"] = float(lr.detach())
+        if reg is not None:
+            loss = loss + self.regression_weight * reg
+            stats["reg_loss"] = float(reg.detach())
         return loss, stats
 
     def dm_keys(self, ro):
@@ -310,15 +323,13 @@ class DMD2(Algorithm):
                 ys.append(ro.states[:, -1])
         return {"prompts": prompts, "z": torch.cat(zs), "y": torch.cat(ys)}
 
-    def regression_term(self, view) -> torch.Tensor:
+    def regression_inputs(self, view):
+        """A micro-batch of teacher pairs: (z, student first timestep, its law time, conditioning, teacher y)."""
         gen, law = view.generator, view.generator.law
         p = self.pairs
         g = torch_generator(view.cfg.train.seed, view.iteration, view.step_count("policy"), view.rank, _REG_SALT)
         idx = torch.randint(len(p["prompts"]), (self.regression_batch,), generator=g)
         pos, _ = self.conditioning(view, [p["prompts"][i] for i in idx.tolist()])
         sch = gen.schedule(view.cfg.sampler.num_steps, view.cfg.sampler.shift)
-        z = p["z"][idx].to(view.device).float()
         time0 = law.schedule_times(sch)[0].to(view.device)
-        out = gen.predict(view.module("policy"), z, sch.timesteps[0].to(view.device), pos, 1.0)
-        return regression_loss(law.x0_from(out, z, time0), p["y"][idx].to(view.device), self.regression_distance,
-                               self.regression_c)
+        return (p["z"][idx].to(view.device).float(), sch.timesteps[0], time0, pos, p["y"][idx].to(view.device))
