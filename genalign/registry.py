@@ -106,6 +106,7 @@ ALGORITHMS = Registry(
         "genalign.algorithms.dragon",
         "genalign.algorithms.dmd2",
         "genalign.algorithms.gndm",
+        "genalign.algorithms.rtdmd",
     ],
 )
 ENCODERS = Registry(  # embedding models of the distributional rewards (exemplar sets, FD/FAD)

@@ -161,3 +161,23 @@ def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipel
         png = sorted(f for f in os.listdir(tmp_path / "s") if f.endswith("_seed5.png"))[0]
         img = torch.from_numpy(np.array(Image.open(tmp_path / "s" / png).convert("RGB"))).permute(2, 0, 1) / 255
         assert (img - want[0]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_rtdmd_stage1_trains_student_and_fake_score_and_refuses_what_is_not_built(tmp_path):
+    import types
+
+    from genalign.algorithms.rtdmd import RTDMD
+
+    with pytest.raises(ConfigError, match="stage 2"):
+        RTDMD(stage=2)
+    with pytest.raises(ConfigError, match="rectified-flow"):
+        RTDMD().setup(types.SimpleNamespace(law=types.SimpleNamespace(name="vp")))
+    cfg = dmd2_config(tmp_path, "sd3", steps=3)
+    cfg.algorithm.name = "rtdmd"
+    tr = trainer_for(cfg)
+    before, fake0 = snapshot(tr), _params(tr.parts["fake_score"].params)
+    tr.train()
+    assert changed(tr, before) == len(before)
+    assert _n_changed(fake0, tr.parts["fake_score"].params) == len(fake0)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    assert rows[1]["dm_loss"] > 0 and rows[0]["fake_score/consistency_loss"] == rows[0]["fake_score/consistency_loss"]
