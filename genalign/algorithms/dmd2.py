@@ -226,11 +226,12 @@ class DMD2(Algorithm):
             reg = regression_loss(law.x0_from(out[n:], z, time0), y, self.regression_distance, self.regression_c)
         return law.x0_from(out[:n], x_k, time_k), k, reg
 
-    def real_latents(self, view, batch, n: int) -> torch.Tensor:
+    def real_latents(self, view, batch, items) -> torch.Tensor:
+        """The real images paired with these items (item i → real row i mod R), as latents."""
         if batch.real is None:
             raise ConfigError("the DMD2 GAN head needs real data: set 'data.real' (an image folder, a .safetensors "
                               "file or toy:digits)")
-        real = batch.real[:n] if len(batch.real) >= n else batch.real[torch.arange(n) % len(batch.real)]
+        real = batch.real[torch.as_tensor(list(items), dtype=torch.long) % len(batch.real)]
         size = (view.cfg.model.height, view.cfg.model.width)
         if tuple(real.shape[-2:]) != size:  # e.g. 16-pixel toy digits for a 32-pixel model
             real = torch.nn.functional.interpolate(real.float(), size=size, mode="bilinear", align_corners=False)
@@ -243,9 +244,9 @@ class DMD2(Algorithm):
         if view.phase.name == "generator":
             yield self.generator_loss(view, batch, ro)
         else:
-            yield self.fake_loss(view, batch, ro)
+            yield self.fake_loss(view, batch, ro, items)
 
-    def fake_loss(self, view, batch, ro):
+    def fake_loss(self, view, batch, ro, items=()):
         """L_fake = ‖pred_φ(x_t, t) − target‖² on the student's detached samples [+ λ_D·L_D]."""
         gen, law = view.generator, view.generator.law
         pos, _ = self.conditioning(view, ro.prompts)
@@ -257,7 +258,7 @@ class DMD2(Algorithm):
             pred = gen.predict(fake, x_t, t_model, pos, 1.0)
             loss = fake_score_loss(pred, law.target(x0, eps, time))
             return loss, {"fake_loss": float(loss.detach())}
-        real = self.real_latents(view, batch, len(ro))
+        real = self.real_latents(view, batch, items)
         xr_t, _, _, tr_model = self.renoise(view, real, ro.seeds, salt + _GAN_SALT, self.fake_t_min, self.fake_t_max)
         n = len(ro)  # one forward of the (distributed) fake score for the student's and the real samples
         pred, feats = gen.predict_with_features(fake, torch.cat([x_t, xr_t]), torch.cat([t_model, tr_model]),

@@ -99,7 +99,7 @@ class RTDMD(DMD2):
                                        "sim_step": float(k), "sigma_s": s_s}
 
     # ------------------------------------------------------------------------------------------ fake score
-    def fake_loss(self, view, batch, ro):
+    def fake_loss(self, view, batch, ro, items=()):
         gen, dev = view.generator, view.device
         pos, _ = self.conditioning(view, ro.prompts)
         k = self.simulation_step(view, ro.schedule.num_steps)
