@@ -139,6 +139,13 @@ def cmd_sample(args) -> int:
     _prepare_sample_dir(args.out, args.overwrite, clear=False)  # before the model loads: fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
+    from .export import read_student
+
+    student = read_student(args.model) or read_student(args.lora)
+    if student:  # an exported few-step student: its scheduler settings, step count and guidance by default
+        gen.prepare_few_step()
+    args.steps = args.steps or (student or {}).get("num_inference_steps", 28)
+    args.guidance = args.guidance if args.guidance is not None else (student or {}).get("guidance_scale", 4.5)
     if args.lora:
         from .export import LORA_FILE
 
@@ -233,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
     s.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2, 3])
-    s.add_argument("--steps", type=positive_int, default=28)
-    s.add_argument("--guidance", type=non_negative_float, default=4.5)
+    s.add_argument("--steps", type=positive_int, default=None, help="default 28, or an exported student's own")
+    s.add_argument("--guidance", type=non_negative_float, default=None, help="default 4.5, or a student's own")
     s.add_argument("--height", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
     s.add_argument("--width", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")

@@ -18,6 +18,7 @@ from .errors import CheckpointError
 from .io import atomic_directory, atomic_write_text
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+STUDENT_FILE = "student.json"
 
 
 def read_checkpoint_state(ckpt: str) -> dict:
@@ -40,7 +41,40 @@ def _run_config(ckpt: str) -> dict:
     return {}
 
 
-def model_card(base: str, family: str, run_cfg: dict, fused: bool) -> str:
+def student_settings(run_cfg: dict) -> Optional[dict]:
+    """How the stock pipeline samples a few-step student (a run of an algorithm with ``few_step_student``), or
+    None: its step count and guidance (the run's evaluation sampler)."""
+    from .registry import ALGORITHMS
+
+    name = (run_cfg.get("algorithm") or {}).get("name")
+    try:
+        cls = ALGORITHMS.get(name) if name else None
+    except Exception:  # noqa: BLE001 - an algorithm that no longer imports: not a student we know
+        cls = None
+    if not getattr(cls, "few_step_student", False):
+        return None
+    s = run_cfg.get("sampler") or {}
+    return {"num_inference_steps": int(s.get("eval_num_steps") or s.get("num_steps") or 1),
+            "guidance_scale": float(s.get("guidance_scale", 1.0)), "algorithm": name}
+
+
+def read_student(path: Optional[str]) -> Optional[dict]:
+    """The ``student.json`` of an exported student folder (or None)."""
+    if not path or not os.path.isdir(path) or not os.path.exists(os.path.join(path, STUDENT_FILE)):
+        return None
+    with open(os.path.join(path, STUDENT_FILE)) as f:
+        return json.load(f)
+
+
+def _scheduler_from(base: str):
+    """The base pipeline's scheduler (a local folder or a hub id), without loading its networks."""
+    import diffusers
+
+    cfg = diffusers.DDIMScheduler.load_config(base, subfolder="scheduler")
+    return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+
+
+def model_card(base: str, family: str, run_cfg: dict, fused: bool, student: Optional[dict] = None) -> str:
     alg = (run_cfg.get("algorithm") or {}).get("name", "?")
     rewards = ", ".join(r.get("name", "?") for r in run_cfg.get("rewards", []) or []) or "?"
     how = ("DiffusionPipeline.from_pretrained(path)" if fused else
@@ -48,7 +82,19 @@ def model_card(base: str, family: str, run_cfg: dict, fused: bool) -> str:
     return (f"---\nlibrary_name: diffusers\nbase_model: {base}\ntags: [genalign, {alg}]\n---\n\n"
             f"# genalign export\n\n- base model: `{base}` ({family})\n- algorithm: `{alg}`\n- rewards: {rewards}\n"
             f"- format: {'full pipeline (LoRA fused)' if fused else 'diffusers LoRA'}\n\n"
-            f"Load with:\n\n```python\nfrom diffusers import DiffusionPipeline\n{how}\n```\n")
+            f"Load with:\n\n```python\nfrom diffusers import DiffusionPipeline\n{how}\n```\n"
+            + _student_card(student, fused))
+
+
+def _student_card(student: Optional[dict], fused: bool) -> str:
+    if not student:
+        return ""
+    k, g = student["num_inference_steps"], student["guidance_scale"]
+    sched = "" if fused else ("pipe.scheduler = type(pipe.scheduler).from_pretrained(path, subfolder='scheduler')"
+                              "  # the student's scheduler settings\n")
+    return (f"\n## Few-step student ({student['algorithm']})\n\nSample it at its own step count, without CFG; the "
+            f"scheduler saved here has the student's settings (`student.json`):\n\n```python\n{sched}"
+            f"images = pipe(prompt, num_inference_steps={k}, guidance_scale={g}).images\n```\n")
 
 
 def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None, ema: bool = False,
@@ -68,9 +114,14 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
     is_lora = state.get("lora", True)
     if is_lora and not os.path.exists(os.path.join(src, LORA_FILE)):
         raise CheckpointError(f"checkpoint '{src}' has no {LORA_FILE}")
+    student = student_settings(run_cfg)
+    gen_cls = MODELS.get(family)
     with atomic_directory(out) as tmp:
         if not fuse and is_lora:
             shutil.copy2(os.path.join(src, LORA_FILE), os.path.join(tmp, LORA_FILE))
+            if student:  # the student's scheduler next to its LoRA (scheduler/), for the stock pipeline
+                sched = _scheduler_from(base)
+                gen_cls.few_step_scheduler(sched).save_pretrained(os.path.join(tmp, "scheduler"))
         else:
             gen_cls = MODELS.get(family)
             mcfg = ModelConfig(**{k: v for k, v in (run_cfg.get("model") or {}).items() if k in ("family", "revision", "variant", "trust_remote_code")})
@@ -87,7 +138,11 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
                 name = gen_cls.denoiser_name
                 comp = getattr(pipe, name)
                 setattr(pipe, name, type(comp).from_pretrained(os.path.join(src, name)))
+            if student:
+                pipe.scheduler = gen_cls.few_step_scheduler(pipe.scheduler)
             pipe.save_pretrained(tmp, safe_serialization=True)
             fuse = True
-        atomic_write_text(os.path.join(tmp, "README.md"), model_card(base, family, run_cfg, fuse))
+        if student:
+            atomic_write_text(os.path.join(tmp, STUDENT_FILE), json.dumps(student, indent=2) + "\n")
+        atomic_write_text(os.path.join(tmp, "README.md"), model_card(base, family, run_cfg, fuse, student))
     return out

@@ -104,6 +104,9 @@ ALGORITHMS = Registry(
         "genalign.algorithms.nft",
         "genalign.algorithms.marble",
         "genalign.algorithms.dragon",
+        "genalign.algorithms.dmd2",
+        "genalign.algorithms.gndm",
+        "genalign.algorithms.rtdmd",
     ],
 )
 ENCODERS = Registry(  # embedding models of the distributional rewards (exemplar sets, FD/FAD)

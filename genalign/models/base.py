@@ -404,6 +404,52 @@ class Generator:
         img = vae.decode(z, return_dict=False)[0].float()
         return (img / 2 + 0.5).clamp(0, 1)
 
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] → latents as the denoiser sees them (the inverse of :meth:`vae_decode`; the posterior
+        mode, so real-data latents are deterministic)."""
+        vae = self.pipe.vae
+        z = vae.encode((images * 2 - 1).to(self.device, vae.dtype), return_dict=False)[0].mode().float()
+        return (z - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Real images in [0, 1] → the latents this family's denoiser works on (distillation's GAN real data)."""
+        return self.vae_encode(images)
+
+    # -------------------------------------------------------------------------------- few-step distillation
+    def prepare_few_step(self) -> None:
+        """Make ``schedule(K)`` start from pure noise for few-step students (flow schedules already do)."""
+        self.pipe.scheduler = self.few_step_scheduler(self.pipe.scheduler)
+        self.law = self.make_law()
+
+    @classmethod
+    def few_step_scheduler(cls, scheduler):
+        """The stock scheduler that samples a few-step student exactly as training does (``genalign export``)."""
+        return scheduler
+
+    def feature_spec(self, model) -> Tuple[torch.nn.Module, str, int]:
+        """(layer, kind, channels) of the denoiser's bottleneck features for a GAN head (DMD2 ``cls_pred_branch``):
+        ``kind`` "conv" for (N, C, H, W) maps, "tokens" for (N, L, C) sequences. Families without one raise."""
+        raise ConfigError(f"model family '{self.family}' exposes no denoiser features for a GAN head; set the "
+                          f"algorithm's gan: false (families with features: sd3, sd, sdxl)")
+
+    @staticmethod
+    def pick_features(output) -> torch.Tensor:
+        """The feature tensor in a feature layer's output (the last tensor of a tuple, e.g. SD3's image stream)."""
+        if isinstance(output, (tuple, list)):
+            output = [o for o in output if torch.is_tensor(o)][-1]
+        return output
+
+    def predict_with_features(self, model, x, t, cond_pos) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(output, bottleneck features) of one unguided forward pass (the fake score of DMD2's GAN)."""
+        layer = self.feature_spec(getattr(model, "module", model))[0]
+        store: Dict[str, torch.Tensor] = {}
+        hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("f", self.pick_features(o)))
+        try:
+            out = self.predict(model, x, t, {"pos": cond_pos}, 1.0)
+        finally:
+            hook.remove()
+        return out, store["f"].float()
+
     def stock_call_kwargs(self) -> Dict[str, Any]:
         """Family-specific keyword arguments of the stock ``__call__`` used by :meth:`stock_call`."""
         n = self.text_sequence_length()

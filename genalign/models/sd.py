@@ -104,6 +104,31 @@ class _VPGenerator(Generator):
                 vae.to(torch.float16)
         return (img / 2 + 0.5).clamp(0, 1)
 
+    @classmethod
+    def few_step_scheduler(cls, scheduler):
+        """DDIM with "trailing" spacing: K steps at (999, 749, 499, 249) for K = 4, (999,) for K = 1 — DMD2's
+        student timesteps (``sd_unified_model.py``); "leading" spacing would start a 1-step student at t = 1."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False,
+                                         timestep_spacing="trailing")
+
+    def feature_spec(self, model):
+        """The UNet's mid-block output (N, C, H, W), DMD2's GAN feature."""
+        return model.mid_block, "conv", int(model.config.block_out_channels[-1])
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`decode` (posterior mode; SDXL's latents_mean/std when the VAE declares them)."""
+        vae = self.pipe.vae
+        z = vae.encode((images * 2 - 1).to(self.device, vae.dtype), return_dict=False)[0].mode().float()
+        c = vae.config
+        mean, std = getattr(c, "latents_mean", None), getattr(c, "latents_std", None)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device)
+            s = torch.tensor(std).view(1, -1, 1, 1).to(z.device)
+            return (z - m) * c.scaling_factor / s
+        return z * c.scaling_factor
+
     def stock_call_kwargs(self):
         return {"eta": 0.0}  # the stock DDIM __call__ at η = 0 unless given
 

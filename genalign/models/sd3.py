@@ -117,5 +117,11 @@ class SD3Generator(Generator):
         _, h, w = self.latent_shape()
         return flow_schedule(self.pipe, num_steps, shift, (h // p) * (w // p), self.device)
 
+    def feature_spec(self, model):
+        """The middle joint-attention block's image tokens (N, L, C) (DMD2's bottleneck, for a transformer)."""
+        blocks = model.transformer_blocks
+        c = int(model.config.num_attention_heads * model.config.attention_head_dim)
+        return blocks[len(blocks) // 2], "tokens", c
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decode(latents)

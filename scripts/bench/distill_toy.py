@@ -1,0 +1,140 @@
+"""Few-step distillation on the digits toy world, measured with the held-out protocol of toy_learning.py (the eval
+prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt diversity).
+
+    # the teacher at 40 / 4 / 1 steps with CFG 3 (flow; --family sd for the ε pipeline)
+    python scripts/bench/distill_toy.py --teacher
+    # train a recipe for a wall budget, then evaluate every checkpoint; prints the run's CPU seconds (process time
+    # of the training process, children included: the CPU is shared, wall time is not a budget)
+    python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name dmd2_1step
+    python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name no_ttur \
+        --set algorithm.fake_updates_per_generator=1
+    # evaluate the checkpoints of existing runs
+    python scripts/bench/distill_toy.py --runs runs/toy_dmd2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
+
+TEACHERS = {"sd3": "assets/toy/digits_flow", "sd": "assets/toy/digits_eps"}
+
+
+def metrics(gen, sampler, prompts, n_seeds):
+    from toy_learning import held_out_samples
+
+    from genalign.rewards.base import build_reward
+    from genalign.toy.metrics import digit_features, fd_to_real, mean_pairwise_distance
+
+    x, P = held_out_samples(gen, sampler, prompts, n_seeds)
+    feats = digit_features(x)
+    div = [mean_pairwise_distance(feats[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
+    return {"correctness": float(build_reward("digit_correctness")(x, P).mean()), "fd": float(fd_to_real(x)),
+            "diversity": sum(div) / len(div)}
+
+
+def row(name, m, extra=""):
+    print(f"| {name} | {m['correctness']:.3f} | {m['fd']:.1f} | {m['diversity']:.2f} |{extra}", flush=True)
+
+
+def teacher_rows(family, n_seeds, steps=(40, 4, 1), guidance=3.0):
+    from genalign.config import ModelConfig, SamplerConfig
+    from genalign.io import read_prompts
+    from genalign.registry import MODELS
+
+    cls = MODELS.get(family)
+    mcfg = ModelConfig(family=family, path=os.path.join(REPO, TEACHERS[family]), height=16, width=16,
+                       max_sequence_length=8 if family == "sd3" else None)
+    mcfg.lora.rank = 0
+    gen = cls.load(mcfg)
+    prompts = read_prompts(os.path.join(REPO, "assets/toy/prompts/eval.txt"))
+    print(f"teacher {TEACHERS[family]}, CFG {guidance}, held-out seeds 1000..{1000 + n_seeds - 1}")
+    print("| sampler | correctness | FD to real | diversity |\n|---|---|---|---|")
+    for few_step in (False, True) if family == "sd" else (False,):
+        if few_step:
+            gen.prepare_few_step()  # the students' trailing DDIM timesteps
+        for k in steps:
+            s = SamplerConfig(num_steps=k, eval_num_steps=k, guidance_scale=guidance, kernel=gen.law.default_kernel
+                              if family == "sd" else "ode")
+            row(f"teacher {k} steps{' (trailing)' if few_step else ''}", metrics(gen, s, prompts, n_seeds))
+
+
+def student_rows(run, n_seeds, label=None):
+    from genalign.config import load_config
+    from genalign.io import read_prompts
+    from genalign.registry import MODELS
+    from genalign.trainer import list_checkpoints
+
+    cfg = load_config(os.path.join(run, "config.yaml"))
+    prompts = read_prompts(cfg.data.eval_prompts)
+    for ck in list_checkpoints(run):
+        st = json.load(open(os.path.join(ck, "trainer_state.json")))
+        gen = MODELS.get(cfg.model.family).load(cfg.model)
+        gen.prepare_few_step()
+        gen.load_checkpoint(ck)
+        m = metrics(gen, cfg.sampler, prompts, n_seeds)
+        steps = st.get("part_steps", {})
+        row(f"{label or os.path.basename(run)} {os.path.basename(ck)}", m,
+            f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
+
+
+def train(recipe, minutes, out, extra):
+    cmd = [sys.executable, "-m", "genalign", "train", recipe, f"run.output_dir={out}", "run.overwrite=true",
+           f"train.max_minutes={minutes}", "train.iterations=100000", "train.eval_every=0", "run.progress=false",
+           "run.log_with=[none]", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"training failed:\n{r.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, time.time() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", action="store_true")
+    ap.add_argument("--family", default="sd3", choices=sorted(TEACHERS))
+    ap.add_argument("--recipe")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--minutes", type=float, default=10.0, help="wall budget of the training run")
+    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the recipe")
+    ap.add_argument("--runs", nargs="*", default=[])
+    ap.add_argument("--seeds", type=int, default=32)
+    ap.add_argument("--out", default="runs/bench_distill")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    from genalign.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.teacher:
+        teacher_rows(args.family, args.seeds)
+    runs = list(args.runs)
+    if args.recipe:
+        name = args.name or os.path.splitext(os.path.basename(args.recipe))[0]
+        out = os.path.join(args.out, name)
+        cpu, wall = train(args.recipe, args.minutes, out, args.set)
+        print(f"{name}: trained {wall / 60:.1f} wall-min, {cpu:.0f} CPU-s (process time) {' '.join(args.set)}")
+        runs.append(out)
+    if runs:
+        print("| student | correctness | FD to real | diversity | wall min | generator / fake-score steps |")
+        print("|---|---|---|---|---|---|")
+        for run in runs:
+            student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None)
+
+
+if __name__ == "__main__":
+    main()
