@@ -94,7 +94,6 @@ class GNDM(DMD2):
     @torch.no_grad()
     def dm_rewards(self, view, ro) -> torch.Tensor:
         """[R] R_dm of each sample's final x0, with (t, ε) shared within its group (no grad)."""
-        gen = view.generator
         pos, cond_cfg = self.conditioning(view, ro.prompts)
         x0 = ro.states[:, -1].to(view.device).float()
         x_t, _, time, t_model = self.renoise(view, x0, self.dm_keys(ro), _RDM_SALT, self.dm_t_min, self.dm_t_max)

@@ -27,7 +27,7 @@ from genalign.losses.nft import (  # noqa: F401  (the pure parts, re-exported)
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any
 
 from genalign.algorithms.advantages import combined_advantages
 from genalign.algorithms.base import Algorithm
