@@ -70,7 +70,10 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
         raise CheckpointError(f"checkpoint '{src}' has no {LORA_FILE}")
     with atomic_directory(out) as tmp:
         if not fuse and is_lora:
-            shutil.copy2(os.path.join(src, LORA_FILE), os.path.join(tmp, LORA_FILE))
+            from .registry import MODELS as _M
+
+            for name in getattr(_M.get(family), "lora_files", (LORA_FILE,)):  # the family's adapter files
+                shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
         else:
             gen_cls = MODELS.get(family)
             mcfg = ModelConfig(**{k: v for k, v in (run_cfg.get("model") or {}).items() if k in ("family", "revision", "variant", "trust_remote_code")})
@@ -80,9 +83,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
 
             pipe = pipe_cls.from_pretrained(base, use_safetensors=True, **_null_components(pipe_cls, mcfg))
             if is_lora:
-                pipe.load_lora_weights(src)
-                pipe.fuse_lora()
-                pipe.unload_lora_weights()
+                gen_cls.fuse_lora_into(pipe, src)
             else:
                 name = gen_cls.denoiser_name
                 comp = getattr(pipe, name)

@@ -168,6 +168,12 @@ class StableAudioGenerator(Generator):
         save_file({f"{self.denoiser_name}.{k}": v for k, v in sd.items()}, os.path.join(out_dir, LORA_FILE),
                   metadata={"lora_adapter_metadata": json.dumps(conf_dict, default=str)})
 
+    lora_files = (PEFT_CONFIG, PEFT_WEIGHTS, LORA_FILE)
+
+    @classmethod
+    def fuse_lora_into(cls, pipe, path: str) -> None:
+        cls.apply_lora(pipe, path)
+
     @classmethod
     def apply_lora(cls, pipe, path: str) -> None:
         """Fuse a saved adapter (a folder written by :meth:`save_lora`) into ``pipe.transformer`` (peft merge)."""

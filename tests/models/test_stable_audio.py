@@ -116,3 +116,76 @@ def test_on_policy_ratio_is_one(gen):
         ratio = torch.exp(lp - ro.log_probs[torch.arange(2), idx])
         assert torch.all((ratio - 1).abs() <= 1e-5), (idx, ratio)
         assert torch.all(std > 0)
+
+
+def _probe(g):
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(7)) * 3
+    t = g.schedule(T).timesteps[1].expand(2)
+    return x, t, g.encode(PROMPTS, 1.0)["pos"]
+
+
+def test_lora_reference_save_reload_and_fused_export(gen, tiny_path, tmp_path):
+    from peft import PeftModel
+
+    from genalign.export import export
+
+    named = gen.named_trainable_parameters()
+    assert named and all(".lora_A." in n or ".lora_B." in n for n, _ in named)
+    assert {n.split(".lora_")[0].split(".")[-2] for n, _ in named} >= {"attn1", "attn2"}
+    x, t, cond = _probe(gen)
+    with torch.no_grad():
+        adapted = gen.model_forward(gen.denoiser, x, t, cond).float()
+        with gen.reference() as ref:
+            base = gen.model_forward(ref, x, t, cond).float()
+        again = gen.model_forward(gen.denoiser, x, t, cond).float()
+    assert float((adapted - base).abs().max()) > 1e-3
+    torch.testing.assert_close(again, adapted, atol=0, rtol=0)
+    fresh = MODELS.get("stable_audio").load(_cfg(tiny_path, rank=0))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model_forward(fresh.denoiser, x, t, cond).float(), base, atol=1e-6, rtol=0)
+
+    # a checkpoint-like folder: PEFT adapter + genalign's file; reload into a fresh LoRA generator
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-1"
+    gen.save_lora(str(ckpt))
+    assert {"adapter_config.json", "adapter_model.safetensors", "pytorch_lora_weights.safetensors"} <= set(
+        os.listdir(ckpt))
+    other = MODELS.get("stable_audio").load(_cfg(tiny_path))
+    other.load_checkpoint(str(ckpt))
+    with torch.no_grad():
+        torch.testing.assert_close(other.model_forward(other.denoiser, x, t, cond).float(), adapted, atol=1e-6,
+                                   rtol=1e-6)
+    # peft's own loader reads the PEFT folder
+    from diffusers import StableAudioPipeline
+
+    pipe = StableAudioPipeline.from_pretrained(tiny_path)
+    peft_net = PeftModel.from_pretrained(pipe.transformer, str(ckpt))
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model_forward(peft_net, x, t, cond).float(), adapted, atol=1e-5, rtol=1e-5)
+
+    # `genalign export --fuse`: a full pipeline that from_pretrained loads, reproducing the adapted model
+    (ckpt / "trainer_state.json").write_text('{"base_model": "%s", "family": "stable_audio", "lora": true}' % tiny_path)
+    out = export(str(ckpt), str(tmp_path / "fused"), fuse=True)
+    fused = StableAudioPipeline.from_pretrained(out)
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model_forward(fused.transformer, x, t, cond).float(), adapted, atol=1e-5,
+                                   rtol=1e-5)
+    assert not any("lora" in k for k in fused.transformer.state_dict())
+    lora_out = export(str(ckpt), str(tmp_path / "lora_only"))  # un-fused: the adapter files
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(lora_out))
+
+
+def test_bad_durations_and_sample_rates(tiny_path):
+    cls = MODELS.get("stable_audio")
+    for bad in (0.0, -1.0, 2.5):
+        with pytest.raises(ConfigError, match=r"'model.seconds' is .* durations in \(0, 2\] s") as e:
+            cls.load(_cfg(tiny_path, rank=0, seconds=bad))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"'model.sample_rate' is 44100 Hz, but this pipeline generates 4 Hz") as e:
+        cls.load(_cfg(tiny_path, rank=0, sample_rate=44100))
+    assert "\n" not in str(e.value)
+    g = cls.load(_cfg(tiny_path, rank=0, seconds=1.0, sample_rate=4))
+    assert g.output_spec().seconds == 1.0
+    ro = g.rollout(PROMPTS[:1], [0], _scfg(), num_steps=2)
+    assert ro.samples.shape == (1, 2, 4)  # 1 s at 4 Hz: the crop only
+    with pytest.raises(ConfigError, match="sampler.shift"):
+        g.schedule(4, shift=3.0)
