@@ -189,3 +189,34 @@ def test_bad_durations_and_sample_rates(tiny_path):
     assert ro.samples.shape == (1, 2, 4)  # 1 s at 4 Hz: the crop only
     with pytest.raises(ConfigError, match="sampler.shift"):
         g.schedule(4, shift=3.0)
+
+
+def test_grpo_through_the_trainer_first_update_ratio_is_one(tiny_path, tmp_path):
+    """One GRPO iteration (one optimiser step, so every unit is computed at θ = θ_old): the logged mean ratio is 1
+    and nothing is clipped; the LoRA trains and the checkpoint holds the PEFT adapter; the evaluation writes WAVs."""
+    import json
+
+    from genalign.config import build_config
+    from genalign.trainer import Trainer
+
+    from tests.core.helpers import tiny_config
+
+    cfg = tiny_config(tiny_path, str(tmp_path / "run"), train__iterations=1, train__save_every=1,
+                      train__eval_every=1, train__rollout_batch_size=4, train__train_batch_size=4,
+                      algorithm={"name": "grpo", "clip_range": 1e-4, "beta": 0.0},
+                      rewards=[{"name": "loudness"}], data__group_size=2)
+    cfg["model"] = {"family": "stable_audio", "path": tiny_path, "lora": {"rank": 4, "alpha": 8}}
+    cfg["sampler"] = {"num_steps": 3, "eval_num_steps": 2, "guidance_scale": 1.0, "kernel": "ddim", "eta": 1.0}
+    cfg["task"] = "t2a"
+    t = Trainer(build_config(cfg))
+    t.setup()
+    before = {n: p.detach().clone() for n, p in t.generator.named_trainable_parameters()}
+    t.train()
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert abs(rows[0]["ratio"] - 1.0) <= 1e-6 and rows[0]["clipfrac"] == 0.0
+    changed = [n for n, p in t.generator.named_trainable_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed
+    ck = tmp_path / "run" / "checkpoints" / "checkpoint-1"
+    assert (ck / "adapter_model.safetensors").exists() and (ck / "pytorch_lora_weights.safetensors").exists()
+    wavs = [f for _, _, fs in os.walk(tmp_path / "run" / "samples") for f in fs if f.endswith(".wav")]
+    assert wavs
