@@ -92,6 +92,7 @@ REWARDS = Registry(
         "genalign.rewards.adversarial",
         "genalign.rewards.adversarial_pickscore",
         "genalign.rewards.remote",
+        "genalign.rewards.audio",
         "genalign.toy.rewards",
         "genalign.tones.rewards",
         "genalign.gui.rewards",
