@@ -220,3 +220,26 @@ def test_grpo_through_the_trainer_first_update_ratio_is_one(tiny_path, tmp_path)
     assert (ck / "adapter_model.safetensors").exists() and (ck / "pytorch_lora_weights.safetensors").exists()
     wavs = [f for _, _, fs in os.walk(tmp_path / "run" / "samples") for f in fs if f.endswith(".wav")]
     assert wavs
+
+
+def test_genalign_sample_on_audio_with_a_lora(gen, tiny_path, tmp_path, capsys):
+    """`genalign sample` guesses the family, writes WAVs + spectrogram grid + index.html, applies a PEFT LoRA folder
+    (fused: the WAVs differ from the base's), and rejects a bad --seconds in one line."""
+    from genalign.cli import main
+
+    gen.save_lora(str(tmp_path / "lora"))
+    args = ["sample", "--model", tiny_path, "--prompt", "a C note", "--seeds", "0", "--steps", "3", "--guidance",
+            "1"]
+    assert main(args + ["--out", str(tmp_path / "base")]) == 0
+    assert main(args + ["--out", str(tmp_path / "tuned"), "--lora", str(tmp_path / "lora")]) == 0
+    files = set(os.listdir(tmp_path / "tuned"))
+    assert {"0000_seed0.wav", "grid.png", "index.html", "samples.jsonl"} <= files
+    from genalign.rewards.encoders import decode_wav
+
+    a, sr = decode_wav((tmp_path / "base" / "0000_seed0.wav").read_bytes())
+    b, _ = decode_wav((tmp_path / "tuned" / "0000_seed0.wav").read_bytes())
+    assert sr == 4 and a.shape == b.shape == (2, 8) and float((a - b).abs().max()) > 0
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "bad"), "--seconds", "9"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "'model.seconds' is 9.0" in err and "\n" not in err
