@@ -2,7 +2,7 @@
 pretrained on tones clips, imperfect on purpose. Writes assets/tones/pipeline/ (diffusers folder, safetensors) and
 its manifest.json. One CPU thread, a few minutes:
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py [--steps 400] [--out assets/tones/pipeline]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py [--steps 800] [--out assets/tones/pipeline]
 
 Components (all the stock classes, loaded by ``StableAudioPipeline.from_pretrained``):
 
@@ -99,10 +99,10 @@ def sha(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="assets/tones/pipeline")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--clips", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
