@@ -33,6 +33,7 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 _Parser = OneLineParser  # errors are one line, exit 2 (argparse's own convention)
 OWN_FILES = ("grid.png", "samples.jsonl", "evals.jsonl", "index.html")
 SAMPLE_FILE = re.compile(r"^\d{4,}_seed\d+\.(png|wav)$")  # what sample_to_dir writes, with OWN_FILES
+FAMILIES = ["sd3", "flux", "sd", "sdxl", "stable_audio"]  # `--family` choices (the model registry's names)
 _OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
 
 
@@ -77,12 +78,12 @@ def cmd_train(args) -> int:
 
 
 def _load_generator(model: str, family: Optional[str], height: int, width: int, dtype: str, device: str,
-                    lora_rank: int = 0):
+                    lora_rank: int = 0, seconds: Optional[float] = None):
     from .config import ModelConfig
     from .registry import MODELS
 
     fam = family or _guess_family(model)
-    mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype)
+    mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype, seconds=seconds or None)
     mcfg.lora.rank = 0
     gen = MODELS.get(fam).load(mcfg, device=device)
     return gen
@@ -98,10 +99,10 @@ def _guess_family(model: str) -> str:
         with open(index) as f:
             cls = json.load(f).get("_class_name", "")
         table = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "StableDiffusionPipeline": "sd",
-                 "StableDiffusionXLPipeline": "sdxl"}
+                 "StableDiffusionXLPipeline": "sdxl", "StableAudioPipeline": "stable_audio"}
         if cls in table:
             return table[cls]
-    raise ConfigError(f"cannot tell the model family of '{model}'; pass --family (sd3, flux, sd, sdxl)")
+    raise ConfigError(f"cannot tell the model family of '{model}'; pass --family (sd3, flux, sd, sdxl, stable_audio)")
 
 
 def _reward_spec(text: str):
@@ -138,7 +139,8 @@ def cmd_sample(args) -> int:
     specs = [_reward_spec(r) for r in args.reward or []]
     _prepare_sample_dir(args.out, args.overwrite, clear=False)  # before the model loads: fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device)
+    gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device,
+                          seconds=args.seconds)
     from .export import read_student
 
     student = read_student(args.model) or read_student(args.lora)
@@ -156,7 +158,7 @@ def cmd_sample(args) -> int:
         if not os.path.exists(path):
             raise GenalignError(f"LoRA weights '{path}' do not exist")
         try:
-            gen.pipe.load_lora_weights(path)
+            gen.apply_lora(gen.pipe, args.lora if os.path.isdir(args.lora) else path)
         except Exception as e:  # noqa: BLE001 - diffusers raises various types for corrupt/mismatched files
             raise GenalignError(f"cannot load LoRA '{path}': {str(e).splitlines()[0]}") from None
     scfg = SamplerConfig(num_steps=args.steps, eval_num_steps=args.steps, guidance_scale=args.guidance,
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("items", nargs="*", help="CONFIG.yaml and key=value overrides")
     s = sub.add_parser("sample", help="sample PNGs + grid from a pipeline (optionally with a LoRA)")
     s.add_argument("--model", required=True, help="hub id or local pipeline folder")
-    s.add_argument("--family", choices=["sd3", "flux", "sd", "sdxl"])
+    s.add_argument("--family", choices=FAMILIES)
     s.add_argument("--lora", help="checkpoint/export folder or .safetensors file")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompts", help="a prompts file (.txt or .jsonl)")
@@ -244,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=non_negative_float, default=None, help="default 4.5, or a student's own")
     s.add_argument("--height", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
     s.add_argument("--width", type=non_negative_int, default=0, help="pixels (default: the pipeline's own size)")
+    s.add_argument("--seconds", type=non_negative_float, default=0.0,
+                   help="audio families: seconds to generate (default: the model's full length)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     s.add_argument("--device")
     s.add_argument("--reward", action="append",

@@ -37,13 +37,19 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = field(default="sd3", metadata={"help": "Model family adapter: sd3 | flux | sd | sdxl."})
+    family: str = field(default="sd3", metadata={"help": "Model family adapter: sd3 | flux | sd | sdxl | stable_audio."})
     path: str = field(default="", metadata={"help": "Hub id or local path of a diffusers pipeline."})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant, e.g. fp16."})
     dtype: str = field(default="fp32", metadata={"help": "dtype of frozen parts: fp32 | fp16 | bf16."})
     height: int = field(default=512, metadata={"help": "Image height in pixels."})
     width: int = field(default=512, metadata={"help": "Image width in pixels."})
+    seconds: Optional[float] = field(
+        default=None, metadata={"help": "Audio families: seconds generated (the decoded, scored crop); null = all."}
+    )
+    sample_rate: Optional[int] = field(
+        default=None, metadata={"help": "Audio families: expected output rate in Hz (checked); null = the model's."}
+    )
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_sequence_length: Optional[int] = field(
         default=None, metadata={"help": "T5 tokens (SD3/FLUX); null = the pipeline's default (256 / 512)."}

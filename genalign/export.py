@@ -118,7 +118,8 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
     gen_cls = MODELS.get(family)
     with atomic_directory(out) as tmp:
         if not fuse and is_lora:
-            shutil.copy2(os.path.join(src, LORA_FILE), os.path.join(tmp, LORA_FILE))
+            for name in getattr(gen_cls, "lora_files", (LORA_FILE,)):  # the family's adapter files
+                shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
             if student:  # the student's scheduler next to its LoRA (scheduler/), for the stock pipeline
                 sched = _scheduler_from(base)
                 gen_cls.few_step_scheduler(sched).save_pretrained(os.path.join(tmp, "scheduler"))
@@ -131,9 +132,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
 
             pipe = pipe_cls.from_pretrained(base, use_safetensors=True, **_null_components(pipe_cls, mcfg))
             if is_lora:
-                pipe.load_lora_weights(src)
-                pipe.fuse_lora()
-                pipe.unload_lora_weights()
+                gen_cls.fuse_lora_into(pipe, src)
             else:
                 name = gen_cls.denoiser_name
                 comp = getattr(pipe, name)

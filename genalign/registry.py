@@ -92,6 +92,7 @@ REWARDS = Registry(
         "genalign.rewards.adversarial",
         "genalign.rewards.adversarial_pickscore",
         "genalign.rewards.remote",
+        "genalign.rewards.audio",
         "genalign.toy.rewards",
         "genalign.tones.rewards",
         "genalign.gui.rewards",
@@ -115,5 +116,6 @@ ENCODERS = Registry(  # embedding models of the distributional rewards (exemplar
 )
 MODELS = Registry(
     "model family",
-    modules=["genalign.models.sd3", "genalign.models.flux", "genalign.models.sd"],
+    modules=["genalign.models.sd3", "genalign.models.flux", "genalign.models.sd",
+             "genalign.models.stable_audio"],
 )

@@ -305,6 +305,20 @@ class Generator:
             out_dir, safe_serialization=True,
             **{f"{self.denoiser_name}_lora_layers": sd, f"{self.denoiser_name}_lora_adapter_metadata": meta})
 
+    lora_files: Tuple[str, ...] = ("pytorch_lora_weights.safetensors",)  # what `genalign export` copies
+
+    @classmethod
+    def apply_lora(cls, pipe, path: str) -> None:
+        """Load a saved LoRA (folder or file) into a stock pipeline for sampling (diffusers' own loader)."""
+        pipe.load_lora_weights(path)
+
+    @classmethod
+    def fuse_lora_into(cls, pipe, path: str) -> None:
+        """Fuse a saved LoRA into a stock pipeline's weights (``genalign export --fuse``)."""
+        pipe.load_lora_weights(path)
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+
     def load_lora_file(self, path: str, model=None) -> None:
         """Load a diffusers-layout LoRA file (``pytorch_lora_weights.safetensors``) into the live adapter."""
         from peft.utils import set_peft_model_state_dict

@@ -47,7 +47,15 @@ def test_toy_recipe_rewards_build_and_score(path, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(path)
     prompts = [p for p in read_prompts(cfg.data.prompts)[:2] for _ in range(3)]
-    x = torch.rand(len(prompts), 3, cfg.model.height, cfg.model.width, generator=torch.Generator().manual_seed(0))
+    from genalign.registry import MODELS
+
+    if MODELS.get(cfg.model.family).modality == "audio":  # the tones recipes: real tones clips of the prompts
+        from genalign.tones.data import all_labels, make_clips
+
+        by_caption = {lab.caption: lab for lab in all_labels()}
+        x = make_clips([by_caption[p] for p in prompts], seed=0)
+    else:
+        x = torch.rand(len(prompts), 3, cfg.model.height, cfg.model.width, generator=torch.Generator().manual_seed(0))
     for reward in build_rewards(cfg.rewards):
         s = reward(x, prompts)
         assert s.shape == (len(prompts),) and torch.isfinite(s).all(), (reward.name, s)
