@@ -72,7 +72,13 @@ def cmd_train(args) -> int:
         return 0
     from .trainer import train
 
-    train(cfg)
+    summary = train(cfg)
+    if not any((summary.get("part_steps") or {"policy": 1}).values()):
+        c = summary.get("counters") or {}
+        raise GenalignError(f"no update happened in {summary.get('iterations')} iterations: "
+                            f"{c.get('skipped_nonfinite_reward', 0)} skipped for NaN/inf rewards (a reward that "
+                            f"applies to no sample, or an infinite score), {c.get('skipped_nonfinite_loss', 0)} "
+                            f"optimiser steps skipped for non-finite losses; the checkpoint holds the initial model")
     return 0
 
 
