@@ -87,7 +87,10 @@ def _load_generator(model: str, family: Optional[str], height: int, width: int, 
     from .config import ModelConfig
     from .registry import MODELS
 
+    from .config_checks import check_family_matches_pipeline
+
     fam = family or _guess_family(model)
+    check_family_matches_pipeline(fam, model, MODELS.get(fam), key="--family")
     mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype)
     mcfg.lora.rank = 0
     gen = MODELS.get(fam).load(mcfg, device=device)

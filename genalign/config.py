@@ -418,7 +418,7 @@ def validate(cfg: Config) -> None:
         _import_path(TASK_VALIDATORS[cfg.task], "task validator")(cfg)
         return
     fam = MODELS.get(cfg.model.family)  # raises with the valid choices (or imports a dotted path)
-    check_family_matches_pipeline(cfg, fam)  # a local pipeline's model_index.json names the class it needs
+    check_family_matches_pipeline(cfg.model.family, cfg.model.path, fam)  # model_index.json names the class
     law = getattr(fam, "law_class", None)  # the family's noise law class: its kernels, without loading a model
     kernels = getattr(law, "kernels", None)
     if kernels and cfg.sampler.kernel not in kernels:

@@ -125,10 +125,9 @@ def check_values(cfg) -> None:
             raise ConfigError(f"'algorithm.{k}' is nan; allowed: a number")
 
 
-def check_family_matches_pipeline(cfg, fam) -> None:
+def check_family_matches_pipeline(family: str, path, fam, key: str = "'model.family'") -> None:
     """A local pipeline folder's ``model_index.json`` names its pipeline class; the family must load that class
     (``family: sd3`` on an ε UNet pipeline would otherwise die inside diffusers)."""
-    path = cfg.model.path
     index = os.path.join(path, "model_index.json") if isinstance(path, str) and path else ""
     if not index or not os.path.isfile(index):
         return
@@ -136,7 +135,7 @@ def check_family_matches_pipeline(cfg, fam) -> None:
         with open(index, "r", encoding="utf-8") as f:
             name = json.load(f).get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
-        raise ConfigError(f"'model.path' '{path}': its model_index.json is unreadable or not JSON ({e})") from None
+        raise ConfigError(f"'{path}': its model_index.json is unreadable or not JSON ({e})") from None
     pipe_class = getattr(fam, "pipe_class", None)
     if not isinstance(name, str) or pipe_class is None:
         return
@@ -159,5 +158,5 @@ def check_family_matches_pipeline(cfg, fam) -> None:
         except Exception:  # noqa: BLE001 - a family whose pipeline class cannot be imported cannot fit
             continue
     hint = f"use family {', '.join(fits)}" if fits else "no registered family loads it"
-    raise ConfigError(f"'model.family' is '{cfg.model.family}' (loads {want.__name__}), but '{path}' holds a "
+    raise ConfigError(f"{key} is '{family}' (loads {want.__name__}), but '{path}' holds a "
                       f"{name} (model_index.json); {hint}")
