@@ -88,6 +88,18 @@ def _json_default(o):
         return str(o)
 
 
+def umask_modes(root: str) -> None:
+    """Give every file and folder under ``root`` the mode the umask gives a new one (some writers, e.g.
+    safetensors' save_file, create owner-only 0600 files; a teammate or a serving process could not read them)."""
+    fm, dm = file_mode(), dir_mode()
+    for d, dirs, names in os.walk(root):
+        os.chmod(d, dm)
+        for n in names:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                os.chmod(p, fm)
+
+
 def _exchange(a: str, b: str) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
     import ctypes
@@ -129,6 +141,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     try:
         os.chmod(tmp, dir_mode())  # mkdtemp made it 0700
         yield tmp
+        umask_modes(tmp)
         replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

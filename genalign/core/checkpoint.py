@@ -12,7 +12,7 @@ import time
 from typing import List, Optional
 
 from ..errors import CheckpointError, GenalignError
-from ..io import atomic_write_json, replace_directory
+from ..io import atomic_write_json, replace_directory, umask_modes
 
 CKPT_PREFIX = "checkpoint-"
 
@@ -154,6 +154,7 @@ class Checkpointer:
                 with ema.swapped():
                     os.makedirs(os.path.join(tmp, "ema"), exist_ok=True)
                     h.generator.save_lora(os.path.join(tmp, "ema"))
+            umask_modes(tmp)  # safetensors writes 0600 files; checkpoints get the user's umask like other files
             replace_directory(tmp, final)  # an existing checkpoint-N is swapped out atomically, never lost first
             keep = h.cfg.train.keep_checkpoints
             if keep > 0:
