@@ -73,7 +73,13 @@ def cmd_train(args) -> int:
         return 0
     from .trainer import train
 
-    train(cfg)
+    summary = train(cfg)
+    if not any((summary.get("part_steps") or {"policy": 1}).values()):
+        c = summary.get("counters") or {}
+        raise GenalignError(f"no update happened in {summary.get('iterations')} iterations: "
+                            f"{c.get('skipped_nonfinite_reward', 0)} skipped for NaN/inf rewards (a reward that "
+                            f"applies to no sample, or an infinite score), {c.get('skipped_nonfinite_loss', 0)} "
+                            f"optimiser steps skipped for non-finite losses; the checkpoint holds the initial model")
     return 0
 
 
@@ -82,7 +88,10 @@ def _load_generator(model: str, family: Optional[str], height: int, width: int, 
     from .config import ModelConfig
     from .registry import MODELS
 
+    from .config_checks import check_family_matches_pipeline
+
     fam = family or _guess_family(model)
+    check_family_matches_pipeline(fam, model, MODELS.get(fam), key="--family")
     mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype, seconds=seconds or None)
     mcfg.lora.rank = 0
     gen = MODELS.get(fam).load(mcfg, device=device)

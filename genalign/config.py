@@ -406,16 +406,15 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"'{key}' must be > 0, got {_get(cfg, key)}")
-    if cfg.train.learning_rate <= 0:
-        raise ConfigError(f"'train.learning_rate' must be > 0, got {cfg.train.learning_rate}")
     if not 0.0 < cfg.sampler.timestep_fraction <= 1.0:
         raise ConfigError(f"'sampler.timestep_fraction' must be in (0, 1], got {cfg.sampler.timestep_fraction}")
     if not 0.0 <= cfg.train.ema.decay < 1.0:
         raise ConfigError(f"'train.ema.decay' must be in [0, 1), got {cfg.train.ema.decay}")
     if cfg.model.lora.rank < 0:
         raise ConfigError(f"'model.lora.rank' must be >= 0 (0 = full fine-tuning), got {cfg.model.lora.rank}")
-    if len(cfg.train.adam_betas) != 2:
-        raise ConfigError(f"'train.adam_betas' must be two numbers, got {cfg.train.adam_betas}")
+    from .config_checks import check_family_matches_pipeline, check_values
+
+    check_values(cfg)  # ranges, finiteness, non-empty lists (one line naming key, value and what is allowed)
     for t in cfg.run.log_with:
         if t not in ("tensorboard", "wandb", "none"):
             raise ConfigError(f"'run.log_with' has '{t}'; valid choices: none, tensorboard, wandb")
@@ -425,6 +424,7 @@ def validate(cfg: Config) -> None:
         _import_path(TASK_VALIDATORS[cfg.task], "task validator")(cfg)
         return
     fam = MODELS.get(cfg.model.family)  # raises with the valid choices (or imports a dotted path)
+    check_family_matches_pipeline(cfg.model.family, cfg.model.path, fam)  # model_index.json names the class
     law = getattr(fam, "law_class", None)  # the family's noise law class: its kernels, without loading a model
     kernels = getattr(law, "kernels", None)
     if kernels and cfg.sampler.kernel not in kernels:

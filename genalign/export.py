@@ -22,6 +22,8 @@ STUDENT_FILE = "student.json"
 
 
 def read_checkpoint_state(ckpt: str) -> dict:
+    if os.path.isfile(ckpt):
+        raise CheckpointError(f"'{ckpt}' is a file, not a checkpoint folder (give the checkpoint-N folder)")
     if not os.path.isdir(ckpt):
         raise CheckpointError(f"checkpoint '{ckpt}' does not exist")
     try:
@@ -29,15 +31,23 @@ def read_checkpoint_state(ckpt: str) -> dict:
             return json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"'{ckpt}' is not a genalign checkpoint (no trainer_state.json)") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint '{ckpt}' has a corrupt trainer_state.json") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read '{ckpt}/trainer_state.json': {e.strerror or e}") from None
 
 
 def _run_config(ckpt: str) -> dict:
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "config.yaml")
     if os.path.exists(path):
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                cfg = yaml.safe_load(f) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raise CheckpointError(f"the run's config '{path}' is unreadable or not valid YAML") from None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"the run's config '{path}' is not a mapping")
+        return cfg
     return {}
 
 
@@ -72,6 +82,27 @@ def _scheduler_from(base: str):
 
     cfg = diffusers.DDIMScheduler.load_config(base, subfolder="scheduler")
     return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _check_weights(src: str, is_lora: bool, family: str) -> None:
+    """Every weights file the export reads is complete (safetensors header and data), named in one line if not."""
+    from .core.checkpoint import check_safetensors
+    from .registry import MODELS
+
+    if is_lora:
+        check_safetensors(os.path.join(src, LORA_FILE), "LoRA weights")
+        return
+    folder = os.path.join(src, MODELS.get(family).denoiser_name)
+    files = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
+    if not files:
+        raise CheckpointError(f"checkpoint '{src}' has no {os.path.basename(folder)}/*.safetensors weights")
+    for f in files:
+        check_safetensors(os.path.join(folder, f), "weights file")
 
 
 def model_card(base: str, family: str, run_cfg: dict, fused: bool, student: Optional[dict] = None) -> str:
@@ -109,6 +140,8 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
     src = os.path.join(ckpt, "ema") if ema else ckpt
     if ema and not os.path.isdir(src):
         raise CheckpointError(f"checkpoint '{ckpt}' has no EMA weights (train.ema.decay was 0)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointError(f"export folder '{out}' is a file, not a folder")
     if os.path.exists(out) and os.listdir(out) and not overwrite:
         raise CheckpointError(f"export folder '{out}' is not empty; pass --overwrite to replace it")
     is_lora = state.get("lora", True)
@@ -116,6 +149,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
         raise CheckpointError(f"checkpoint '{src}' has no {LORA_FILE}")
     student = student_settings(run_cfg)
     gen_cls = MODELS.get(family)
+    _check_weights(src, is_lora, family)  # a truncated file fails here, in one line, before anything is written
     with atomic_directory(out) as tmp:
         if not fuse and is_lora:
             for name in getattr(gen_cls, "lora_files", (LORA_FILE,)):  # the family's adapter files
@@ -130,13 +164,21 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
             pipe_cls = gen_cls.pipe_class()
             from .models.base import _null_components
 
-            pipe = pipe_cls.from_pretrained(base, use_safetensors=True, **_null_components(pipe_cls, mcfg))
-            if is_lora:
-                gen_cls.fuse_lora_into(pipe, src)
-            else:
-                name = gen_cls.denoiser_name
-                comp = getattr(pipe, name)
-                setattr(pipe, name, type(comp).from_pretrained(os.path.join(src, name)))
+            try:
+                pipe = pipe_cls.from_pretrained(base, use_safetensors=True, **_null_components(pipe_cls, mcfg))
+            except Exception as e:  # noqa: BLE001 - diffusers raises many types for a missing/foreign pipeline
+                raise CheckpointError(f"cannot load the base pipeline '{base}' ({_first_line(e)}); pass --model "
+                                      f"PATH to the pipeline the run trained") from None
+            try:
+                if is_lora:
+                    gen_cls.fuse_lora_into(pipe, src)
+                else:
+                    name = gen_cls.denoiser_name
+                    comp = getattr(pipe, name)
+                    setattr(pipe, name, type(comp).from_pretrained(os.path.join(src, name)))
+            except Exception as e:  # noqa: BLE001 - weights from another model
+                raise CheckpointError(f"the weights in '{src}' do not fit the base pipeline '{base}' "
+                                      f"({_first_line(e)})") from None
             if student:
                 pipe.scheduler = gen_cls.few_step_scheduler(pipe.scheduler)
             pipe.save_pretrained(tmp, safe_serialization=True)

@@ -88,6 +88,47 @@ def _json_default(o):
         return str(o)
 
 
+def umask_modes(root: str) -> None:
+    """Give every file and folder under ``root`` the mode the umask gives a new one (some writers, e.g.
+    safetensors' save_file, create owner-only 0600 files; a teammate or a serving process could not read them)."""
+    fm, dm = file_mode(), dir_mode()
+    for d, dirs, names in os.walk(root):
+        os.chmod(d, dm)
+        for n in names:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                os.chmod(p, fm)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_directory(src: str, dst: str) -> None:
+    """Put the complete directory ``src`` at ``dst``. An existing ``dst`` is swapped out in one atomic step where
+    the system allows (a reader, or a kill at any instant, sees the old complete folder or the new one), then
+    removed; elsewhere it is renamed aside first (a kill between the two renames leaves it at ``src + '.old'``)."""
+    if not os.path.lexists(dst):
+        os.replace(src, dst)
+        return
+    if _exchange(src, dst):
+        shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
+        return
+    old = src + ".old"
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
     """Yield a temporary directory that becomes ``path`` only if the block completes.
@@ -100,13 +141,8 @@ def atomic_directory(path: str) -> Iterator[str]:
     try:
         os.chmod(tmp, dir_mode())  # mkdtemp made it 0700
         yield tmp
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        umask_modes(tmp)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

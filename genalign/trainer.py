@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +25,7 @@ import torch
 
 from .config import Config, make_algorithm, save_config, to_dict
 from .core.checkpoint import Checkpointer, latest_checkpoint, list_checkpoints  # noqa: F401  (re-exported)
+from .core.checkpoint import previous_run_state, set_aside_previous_run
 from .core.parts import build_parts, declared_parts
 from .core.phases import Batch, Phase
 from .core.planning import plan, train_steps_for
@@ -61,7 +61,7 @@ class Trainer:
             if last is None and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
                 raise CheckpointError(f"run.resume=true but '{self.out}' has no complete checkpoint to resume from")
             return last
-        if os.path.isdir(self.out) and os.listdir(self.out) and not self.cfg.run.overwrite:
+        if previous_run_state(self.out) == "run" and not self.cfg.run.overwrite:
             raise ConfigError(f"output_dir '{self.out}' is not empty; pass run.resume=true to continue it or "
                               f"run.overwrite=true to start over in it")
         return None
@@ -72,15 +72,14 @@ class Trainer:
 
         cfg = self.cfg
         resume_from = self._check_output_dir()
-        if cfg.run.overwrite and not cfg.run.resume and os.path.isdir(self.out):
-            for name in ("metrics.jsonl", "samples", "checkpoints", "logs"):
-                p = os.path.join(self.out, name)
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
         trackers = [t for t in cfg.run.log_with if t != "none"]
         self.accelerator = acc = Accelerator(
             cpu=not has_accelerator_device(),  # so that torchrun/accelerate on a CPU-only host forms a gloo group
             mixed_precision=cfg.train.mixed_precision, log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=self.out, logging_dir=os.path.join(self.out, "logs")))
+        if not cfg.run.resume and acc.is_main_process:  # kept until this run's first checkpoint exists
+            set_aside_previous_run(self.out)
+        acc.wait_for_everyone()
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
@@ -218,13 +217,17 @@ class Trainer:
             metrics["reward_std"] = float(combined[finite].std(unbiased=False)) if finite.any() else float("nan")
             metrics.update(self.reward_monitors(batch.rollout))
             if "rewards" in needs:
-                if torch.isinf(per_reward).any() or not finite.all():
+                nan = torch.isnan(combined)  # no reward applies: out of the group statistics and of the loss
+                metrics["nan_reward_samples"] = int(nan.sum())
+                if torch.isinf(per_reward).any() or nan.all():
                     self.counters["skipped_nonfinite_reward"] += 1
                     train_ok = False
                 else:
                     adv, adv_stats, keep = self.algorithm.advantages(per_reward, weights, groups, prompts,
                                                                      self.cfg.reward_aggregation)
+                    keep = keep & ~nan
                     lo = self.rank * self.n_local
+                    batch.valid = ~nan[lo:lo + self.n_local]
                     keep_f = keep.float().reshape(-1, *([1] * (adv.ndim - 1)))
                     batch.adv = (adv * keep_f)[lo:lo + self.n_local]
                     batch.per_reward, batch.group_ids, batch.prompts, batch.weights = per_reward, groups, prompts, \
@@ -316,7 +319,8 @@ class Trainer:
         acc.end_training()
         summary = {"first_eval": self.first_eval, "last_eval": self.last_eval, "checkpoint": ckpt,
                    "iterations": self.iteration, "trajectories": self.counters["trajectories"],
-                   "seconds": self.elapsed}
+                   "seconds": self.elapsed, "part_steps": {n: p.steps for n, p in self.parts.items()},
+                   "counters": dict(self.counters)}
         if self.is_main:
             summary["report"] = self.write_report()
             atomic_write_json(os.path.join(self.out, "summary.json"), summary)

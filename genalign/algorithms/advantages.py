@@ -67,9 +67,12 @@ class PerPromptStatTracker:
     def update(self, prompts: Sequence[str], rewards: torch.Tensor, eps: float = 1e-6, clip: float = 5.0):
         r = rewards.double()
         adv = torch.zeros_like(r)
-        batch_mean, batch_std = r.mean(), r.std(unbiased=False)
+        ok = torch.isfinite(r)  # NaN (not applicable): advantage 0, kept out of the buffers and batch statistics
+        batch_mean, batch_std = (r[ok].mean(), r[ok].std(unbiased=False)) if ok.any() else (r.new_zeros(()),) * 2
         for p in sorted(set(prompts)):
-            idx = [i for i, q in enumerate(prompts) if q == p]
+            idx = [i for i, q in enumerate(prompts) if q == p and bool(ok[i])]
+            if not idx:
+                continue
             self.buffers[p].extend(r[idx].tolist())
             buf = torch.tensor(list(self.buffers[p]), dtype=torch.float64)
             if len(buf) < self.min_count:

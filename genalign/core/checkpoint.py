@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from typing import List, Optional
 
-from ..errors import CheckpointError
-from ..io import atomic_write_json
+from ..errors import CheckpointError, GenalignError
+from ..io import atomic_write_json, replace_directory, umask_modes
 
 CKPT_PREFIX = "checkpoint-"
 
@@ -32,6 +33,48 @@ def list_checkpoints(out_dir: str) -> List[str]:
 def latest_checkpoint(out_dir: str) -> Optional[str]:
     ck = list_checkpoints(out_dir)
     return ck[-1] if ck else None
+
+
+# What a training run writes into its output_dir (anything else there is the user's and is never moved).
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "report.png", "samples", "checkpoints", "logs")
+UNSTARTED_ENTRIES = ("config.yaml", "samples", "logs")  # what a run leaves before its first iteration ends
+PREVIOUS = ".genalign-previous-"  # a previous run set aside by overwrite, until the new run's first checkpoint
+
+
+def previous_run_state(out: str) -> str:
+    """``"empty"`` (no folder, or nothing in it but runs set aside), ``"unstarted"`` (only what a run that failed
+    before finishing an iteration leaves: config.yaml, first evaluation samples, logs) or ``"run"``."""
+    if not os.path.isdir(out):
+        if os.path.exists(out):
+            raise CheckpointError(f"output_dir '{out}' is a file, not a folder")
+        return "empty"
+    names = [n for n in os.listdir(out) if not n.startswith(PREVIOUS)]
+    if not names:
+        return "empty"
+    return "unstarted" if set(names) <= set(UNSTARTED_ENTRIES) else "run"
+
+
+def set_aside_previous_run(out: str) -> Optional[str]:
+    """Move a previous run's own entries (RUN_ENTRIES; the user's other files stay) into
+    ``<out>/.genalign-previous-<time>/``, each by one atomic rename: nothing is deleted before this run has a
+    checkpoint (:func:`drop_previous_runs`), so a crash in its first iteration loses nothing."""
+    if previous_run_state(out) == "empty":
+        return None
+    aside = os.path.join(out, f"{PREVIOUS}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.makedirs(aside)
+    moved = [n for n in RUN_ENTRIES if os.path.lexists(os.path.join(out, n))]
+    for name in moved:
+        os.replace(os.path.join(out, name), os.path.join(aside, name))
+    print(f"genalign: moved the previous run in {out} aside to {aside} ({', '.join(moved)}); it is removed once "
+          f"this run's first checkpoint is written", flush=True)
+    return aside
+
+
+def drop_previous_runs(out: str) -> None:
+    """Remove the runs set aside by overwrite (called once this run has a complete checkpoint)."""
+    for name in os.listdir(out) if os.path.isdir(out) else ():
+        if name.startswith(PREVIOUS):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
 class Checkpointer:
@@ -111,13 +154,13 @@ class Checkpointer:
                 with ema.swapped():
                     os.makedirs(os.path.join(tmp, "ema"), exist_ok=True)
                     h.generator.save_lora(os.path.join(tmp, "ema"))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            umask_modes(tmp)  # safetensors writes 0600 files; checkpoints get the user's umask like other files
+            replace_directory(tmp, final)  # an existing checkpoint-N is swapped out atomically, never lost first
             keep = h.cfg.train.keep_checkpoints
             if keep > 0:
                 for path in list_checkpoints(h.out)[:-keep]:
                     shutil.rmtree(path, ignore_errors=True)
+            drop_previous_runs(h.out)  # this run now has a complete checkpoint: the run it replaces may go
         acc.wait_for_everyone()
         return final
 
@@ -128,7 +171,15 @@ class Checkpointer:
                 state = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({e})") from None
-        h.accelerator.load_state(path)
+        check_checkpoint_files(path, len(h.parts))  # one line naming the file, before accelerate reads any
+        try:
+            h.accelerator.load_state(path)
+        except GenalignError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch/accelerate raise many types for a damaged or foreign state
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"checkpoint '{path}' cannot be loaded into this run ({type(e).__name__}: "
+                                  f"{msg}); it is damaged or from another model/config") from None
         h.iteration = int(state["iteration"])
         steps = state.get("part_steps", {"policy": int(state["optimizer_step"])})
         for name, part in h.parts.items():
@@ -151,6 +202,49 @@ class Checkpointer:
                 r.load_state_dict(sub(f"reward@{r.name}."))
         if h.is_main:
             print(f"genalign: resumed from {path} at iteration {h.iteration}", flush=True)
+
+
+def check_checkpoint_files(path: str, n_parts: int) -> None:
+    """Every state file accelerate will read must be there and whole: optimizer/scheduler ``.bin`` and RNG
+    ``.pkl`` files are torch zip archives (a truncated one has no central directory), weights are safetensors
+    (a truncated one's header promises more bytes than the file holds). Raises one line naming the file."""
+    import zipfile
+
+    if os.path.isfile(path):
+        raise CheckpointError(f"'{path}' is a file, not a checkpoint folder")
+    for i in range(n_parts):
+        for stem in ("optimizer", "scheduler"):
+            name = f"{stem}.bin" if i == 0 else f"{stem}_{i}.bin"
+            if not os.path.isfile(os.path.join(path, name)):
+                raise CheckpointError(f"checkpoint '{path}' has no {name} (incomplete, or written by a run with "
+                                      f"fewer trained parts)")
+    for root, _, files in os.walk(path):
+        for name in sorted(files):
+            f = os.path.join(root, name)
+            if name.endswith((".bin", ".pkl")):
+                try:
+                    with zipfile.ZipFile(f) as z:
+                        z.infolist()
+                except (zipfile.BadZipFile, OSError) as e:
+                    raise CheckpointError(f"checkpoint file '{f}' is truncated or corrupt ({e})") from None
+            elif name.endswith(".safetensors"):
+                check_safetensors(f, "checkpoint file")
+
+
+def check_safetensors(path: str, what: str = "weights file") -> None:
+    """Raise one line unless ``path`` is a complete safetensors file (header parsed, every tensor's bytes there)."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} '{path}' does not exist" if not os.path.isdir(path) else
+                              f"{what} '{path}' is a folder, expected a .safetensors file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+            if keys:  # the last tensor by offset ends at the file's end; reading it proves the file is whole
+                f.get_slice(keys[-1])
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
+        raise CheckpointError(f"{what} '{path}' is truncated or corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def read_safetensors(path: str):

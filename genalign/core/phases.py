@@ -68,7 +68,8 @@ class PartSpec:
 class Batch:
     """What a phase's losses train on, on this process: the rollout shard (``samples``, ``prompts``, ``metadata``,
     trajectories), its advantages (None without rewards), the gathered per-reward scores with their group ids and
-    prompts (DRAGON's set split), and a real-data batch when the phase needs ``real``."""
+    prompts (DRAGON's set split), and a real-data batch when the phase needs ``real``. ``valid`` (bool, this shard)
+    is False for samples to which no reward applies (NaN): advantage 0, and out of the loss (``Algorithm.items``)."""
 
     iteration: int
     rollout: Any = None
@@ -78,6 +79,7 @@ class Batch:
     prompts: Optional[list] = None
     weights: Optional[list] = None
     real: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return 0 if self.rollout is None else len(self.rollout)

@@ -246,6 +246,7 @@ class Generator(WeightsIO):
             return
         from peft import LoraConfig
 
+        self._check_lora_targets(lcfg.target_modules or self.default_lora_targets)
         targets = self.resolve_lora_targets(lcfg.target_modules or self.default_lora_targets)
         init = {"gaussian": "gaussian", "default": True, "pissa": "pissa"}[lcfg.init]
         self.denoiser.add_adapter(
@@ -255,6 +256,18 @@ class Generator(WeightsIO):
         for p in self.denoiser.parameters():  # trainable LoRA weights in fp32 (mixed precision recipe)
             if p.requires_grad:
                 p.data = p.data.float()
+
+    def _check_lora_targets(self, targets: List[str]) -> None:
+        """Every LoRA target must name at least one adaptable module (peft's rule: the module's full name, or its
+        dotted suffix); one line with some valid names otherwise, instead of peft's error deep in add_adapter."""
+        adaptable = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Embedding)
+        names = [n for n, mod in self.denoiser.named_modules() if n and isinstance(mod, adaptable)]
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if unmatched and (self.cfg.lora.target_modules or len(unmatched) == len(targets)):
+            suffixes = sorted({n.split(".")[-1] for n in names if not n.split(".")[-1].isdigit()})
+            key = "'model.lora.target_modules'" if self.cfg.lora.target_modules else "the family's default targets"
+            raise ConfigError(f"{key} {unmatched} match no module of the {self.denoiser_name}; valid names "
+                              f"include: {', '.join(suffixes[:12])}{', ...' if len(suffixes) > 12 else ''}")
 
     def resolve_lora_targets(self, targets: List[str]) -> List[str]:
         """Hook for families to drop target modules whose output the network discards (no gradient)."""

@@ -85,6 +85,10 @@ class WeightsIO:
     def load_checkpoint(self, ckpt: str) -> None:
         """Load a training checkpoint's weights, LoRA or full fine-tune (as the checkpoint says), into this model.
         A LoRA checkpoint needs a generator loaded with the same LoRA rank; a full one, a generator without LoRA."""
+        if os.path.isfile(ckpt) and not ckpt.endswith(".safetensors"):
+            raise CheckpointError(f"'{ckpt}' is a file, not a checkpoint folder (or a LoRA .safetensors file)")
+        if not os.path.exists(ckpt):
+            raise CheckpointError(f"checkpoint '{ckpt}' does not exist")
         has_lora = os.path.exists(os.path.join(ckpt, "pytorch_lora_weights.safetensors")) or ckpt.endswith(
             ".safetensors")
         if has_lora != self.is_lora:

@@ -71,3 +71,12 @@ def mean_function(samples, prompts, metadata, scale=1.0):
 
 
 NOT_A_REWARD = 3
+
+
+class HalfNaN(Reward):
+    """Brightness for even positions of the batch, NaN ("not applicable") for odd ones."""
+
+    def score(self, samples, prompts, metadata):
+        r = samples.float().mean(dim=(1, 2, 3))
+        r[1::2] = float("nan")
+        return r

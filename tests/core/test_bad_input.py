@@ -40,7 +40,7 @@ CASES = [
     ("unknown family", lambda c: {**c, "model": {**c["model"], "family": "sd4"}}, [], "unknown model family 'sd4'"),
     ("kernel/family mismatch", lambda c: {**c, "sampler": {**c["sampler"], "kernel": "ddim"}}, [], "'sampler.kernel' is 'ddim'"),
     ("bad enum", lambda c: {**c, "train": {**c["train"], "mixed_precision": "fp8"}}, [], "'train.mixed_precision' is 'fp8'"),
-    ("negative lr override", lambda c: c, ["train.learning_rate=-1"], "'train.learning_rate' must be > 0"),
+    ("negative lr override", lambda c: c, ["train.learning_rate=-1"], "'train.learning_rate' is -1.0; allowed: a number > 0"),
     ("override without =", lambda c: c, ["train.learning_rate"], "unexpected argument"),
     ("override bad index", lambda c: c, ["rewards.7.weight=2"], "not a valid list index"),
     ("missing prompts file", lambda c: {**c, "data": {**c["data"], "prompts": "/no/such/prompts.txt"}}, [], "does not exist"),

@@ -38,7 +38,7 @@ def test_yaml_float_without_dot_is_accepted():
         (base(rewards=["no_such_reward"]), [], "unknown reward 'no_such_reward'"),
         (base(model={"path": "x", "family": "sd9"}), [], "unknown model family 'sd9'"),
         (base(), ["train.learning_rate"], "must look like key=value"),
-        (base(), ["train.learning_rate=-1"], "must be > 0"),
+        (base(), ["train.learning_rate=-1"], "'train.learning_rate' is -1.0; allowed: a number > 0"),
         (base(train={"ema": {"decay": 1.5}}), [], "train.ema.decay"),
         (base(algorithm={"name": "grpo", "kl_form": "weird"}), [], "kl_form"),
     ],

@@ -41,3 +41,19 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mask, fmode, dmode):
         atomic_write_text(os.path.join(tmp, "w.txt"), "v")
     assert _mode(tmp_path / "ckpt") == dmode and (tmp_path / "ckpt" / "w.txt").read_text() == "v"
     assert sorted(os.listdir(tmp_path)) == ["a", "ckpt", "plain.txt"]  # no temporary litter
+
+
+def test_umask_modes_opens_owner_only_files_like_safetensors_writes(tmp_path, umask):
+    from safetensors.torch import save_file
+    import torch
+
+    from genalign.io import umask_modes
+
+    umask(0o022)
+    d = tmp_path / "ck"
+    (d / "parts").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(d / "parts" / "p.safetensors"))
+    os.chmod(d / "parts" / "p.safetensors", 0o600)  # what safetensors' atomic writer leaves
+    os.chmod(d / "parts", 0o700)
+    umask_modes(str(d))
+    assert _mode(d / "parts" / "p.safetensors") == 0o644 and _mode(d / "parts") == 0o755
