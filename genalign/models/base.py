@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,6 +32,20 @@ from . import steps as K
 from .laws import NoiseLaw, RectifiedFlow
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Work-avoiding shortcuts, each switchable off for benchmarking only (scripts/bench/iteration_speed.py measures what
+# each one buys): GENALIGN_SPEED_OFF=encode_cache,adapter_toggle. Results are identical either way (tested).
+#   encode_cache   — each unique prompt of a batch encoded once (a group's k copies share it), the negative prompt
+#                    encoded once per run and kept on the adapter
+#   adapter_toggle — the reference policy flips the LoRA layers' flag directly, from a list made once, instead of
+#                    diffusers' disable_adapters()/enable_adapters() (a PEFT version check and a walk over every
+#                    module on each call)
+SPEED_SWITCHES = ("encode_cache", "adapter_toggle")
+
+
+def speed_on(name: str) -> bool:
+    off = {s.strip() for s in os.environ.get("GENALIGN_SPEED_OFF", "").split(",") if s.strip()}
+    return name not in off
 
 
 @dataclass
@@ -92,6 +107,19 @@ def index_cond(cond: Dict[str, Any], idx: torch.Tensor) -> Dict[str, Any]:
             out[k] = v[idx.to(v.device)]
         elif isinstance(v, dict):
             out[k] = index_cond(v, idx)
+        else:
+            out[k] = v
+    return out
+
+
+def expand_cond(cond: Dict[str, Any], n: int) -> Dict[str, Any]:
+    """A one-sample conditioning broadcast to n samples (views, no copies)."""
+    out = {}
+    for k, v in cond.items():
+        if torch.is_tensor(v) and v.ndim > 0:
+            out[k] = v.expand(n, *v.shape[1:])
+        elif isinstance(v, dict):
+            out[k] = expand_cond(v, n)
         else:
             out[k] = v
     return out
@@ -283,11 +311,34 @@ class Generator:
             yield self.ref_denoiser
             return
         net = self.denoiser
-        net.disable_adapters()
+        layers = self._lora_layers() if speed_on("adapter_toggle") else None
+        if layers is None:
+            net.disable_adapters()
+        else:
+            for m in layers:
+                m._disable_adapters = True
         try:
             yield net
         finally:
-            net.enable_adapters()
+            if layers is None:
+                net.enable_adapters()
+            else:
+                for m in layers:
+                    m._disable_adapters = False
+
+    def _lora_layers(self) -> Optional[List[torch.nn.Module]]:
+        """The denoiser's PEFT tuner layers, listed once. The reference toggles their ``_disable_adapters`` flag
+        (what PEFT's own ``enable_adapters`` sets; the forward reads only it), leaving ``requires_grad`` alone: the
+        reference runs under no_grad, and a flag is all FSDP tolerates flipping. None = use diffusers' methods."""
+        layers = getattr(self, "_lora_layer_list", None)
+        if layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in self.denoiser.modules() if isinstance(m, BaseTunerLayer)]
+            if not layers or not all(hasattr(m, "_disable_adapters") for m in layers):
+                return None
+            self._lora_layer_list = layers
+        return layers
 
     def lora_state_dict(self, model=None) -> Dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
@@ -363,7 +414,9 @@ class Generator:
         self.denoiser.save_pretrained(os.path.join(out_dir, self.denoiser_name), safe_serialization=True)
 
     # ---------------------------------------------------------------------------------------------- family hooks
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
+        """{"pos": ..., "neg": ...} for the prompts; ``negative=False`` leaves the unconditional branch out (the base
+        then adds it from :meth:`negative_conditioning`). Callers use :meth:`conditioning`."""
         raise NotImplementedError
 
     def model_forward(self, model, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, Any]) -> torch.Tensor:
@@ -386,6 +439,31 @@ class Generator:
         return self.law_class.from_scheduler(self.pipe.scheduler)
 
     # ---------------------------------------------------------------------------------------------- shared logic
+    def conditioning(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+        """``encode`` for a batch, without repeated work: each unique prompt is encoded once and shared by its
+        copies (a GRPO group's k samples), and the negative (unconditional) branch is encoded once per run and
+        cached on the adapter (the text encoders are frozen). Same values as ``encode(prompts, guidance_scale)``."""
+        prompts = list(prompts)
+        if not speed_on("encode_cache"):
+            return self.encode(prompts, guidance_scale)
+        first: Dict[str, int] = {}
+        idx = torch.tensor([first.setdefault(p, len(first)) for p in prompts], dtype=torch.long)
+        uniq = list(first)
+        if "negative" not in inspect.signature(self.encode).parameters:  # a family without the split hook
+            return index_cond(self.encode(uniq, guidance_scale), idx)
+        cond = index_cond(self.encode(uniq, guidance_scale, negative=False), idx)
+        if self.uses_cfg(guidance_scale):
+            cond["neg"] = expand_cond(self.negative_conditioning(guidance_scale), len(prompts))
+        return cond
+
+    def negative_conditioning(self, guidance_scale: float) -> Dict[str, Any]:
+        """The unconditional branch's conditioning for one sample, encoded on first use and kept."""
+        cache = self.__dict__.setdefault("_negative_cache", {})
+        key = (float(guidance_scale), self.text_sequence_length())
+        if key not in cache:
+            cache[key] = index_cond(self.encode([""], guidance_scale)["neg"], torch.zeros(1, dtype=torch.long))
+        return cache[key]
+
     def text_sequence_length(self) -> Optional[int]:
         """T5 tokens per prompt: ``model.max_sequence_length``, else the stock pipeline's default (None: no T5)."""
         return self.cfg.max_sequence_length or self.max_sequence_length
@@ -477,8 +555,9 @@ class Generator:
         T = num_steps or scfg.num_steps
         g = scfg.guidance_scale if guidance_scale is None else guidance_scale
         sch = self.schedule(T, scfg.shift)
-        if cond is None:
-            cond = self.encode(list(prompts), g)
+        own_cond = cond is None
+        if own_cond:
+            cond = self.conditioning(list(prompts), g)
         x = self.initial_noise(noise_seeds if noise_seeds is not None else seeds).float()
         gens = sample_generators(seeds, "cpu", salt=1)
         mask = self.stochastic_mask(T, scfg, window_start) if stochastic else torch.zeros(T, dtype=torch.bool)
@@ -502,7 +581,7 @@ class Generator:
             prompts=list(prompts),
             seeds=list(seeds),
             group_ids=group_ids if group_ids is not None else torch.arange(n),
-            cond=index_cond(cond, torch.arange(n)),
+            cond=cond if own_cond else index_cond(cond, torch.arange(n)),
             states=torch.stack(states, 1),
             log_probs=log_probs,
             means=torch.stack(means, 1) if means is not None else None,
