@@ -30,22 +30,10 @@ from ..config import ModelConfig, SamplerConfig
 from ..errors import CheckpointError, ConfigError
 from . import steps as K
 from .laws import NoiseLaw, RectifiedFlow
+from .speed import compile_repeated_blocks, expand_cond, lora_layers, speed_on  # noqa: F401
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Work-avoiding shortcuts, each switchable off for benchmarking only (scripts/bench/iteration_speed.py measures what
-# each one buys): GENALIGN_SPEED_OFF=encode_cache,adapter_toggle. Results are identical either way (tested).
-#   encode_cache   — each unique prompt of a batch encoded once (a group's k copies share it), the negative prompt
-#                    encoded once per run and kept on the adapter
-#   adapter_toggle — the reference policy flips the LoRA layers' flag directly, from a list made once, instead of
-#                    diffusers' disable_adapters()/enable_adapters() (a PEFT version check and a walk over every
-#                    module on each call)
-SPEED_SWITCHES = ("encode_cache", "adapter_toggle")
-
-
-def speed_on(name: str) -> bool:
-    off = {s.strip() for s in os.environ.get("GENALIGN_SPEED_OFF", "").split(",") if s.strip()}
-    return name not in off
 
 
 @dataclass
@@ -107,19 +95,6 @@ def index_cond(cond: Dict[str, Any], idx: torch.Tensor) -> Dict[str, Any]:
             out[k] = v[idx.to(v.device)]
         elif isinstance(v, dict):
             out[k] = index_cond(v, idx)
-        else:
-            out[k] = v
-    return out
-
-
-def expand_cond(cond: Dict[str, Any], n: int) -> Dict[str, Any]:
-    """A one-sample conditioning broadcast to n samples (views, no copies)."""
-    out = {}
-    for k, v in cond.items():
-        if torch.is_tensor(v) and v.ndim > 0:
-            out[k] = v.expand(n, *v.shape[1:])
-        elif isinstance(v, dict):
-            out[k] = expand_cond(v, n)
         else:
             out[k] = v
     return out
@@ -225,6 +200,8 @@ class Generator:
             if self.device.type != "cuda":
                 raise ConfigError("'model.enable_xformers' needs a CUDA device; leave it false on CPU")
             self.denoiser.enable_xformers_memory_efficient_attention()
+        if cfg.compile:
+            self.compiled_blocks = compile_repeated_blocks(self.denoiser, cfg.compile_backend)
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -311,7 +288,7 @@ class Generator:
             yield self.ref_denoiser
             return
         net = self.denoiser
-        layers = self._lora_layers() if speed_on("adapter_toggle") else None
+        layers = lora_layers(self) if speed_on("adapter_toggle") else None
         if layers is None:
             net.disable_adapters()
         else:
@@ -325,20 +302,6 @@ class Generator:
             else:
                 for m in layers:
                     m._disable_adapters = False
-
-    def _lora_layers(self) -> Optional[List[torch.nn.Module]]:
-        """The denoiser's PEFT tuner layers, listed once. The reference toggles their ``_disable_adapters`` flag
-        (what PEFT's own ``enable_adapters`` sets; the forward reads only it), leaving ``requires_grad`` alone: the
-        reference runs under no_grad, and a flag is all FSDP tolerates flipping. None = use diffusers' methods."""
-        layers = getattr(self, "_lora_layer_list", None)
-        if layers is None:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            layers = [m for m in self.denoiser.modules() if isinstance(m, BaseTunerLayer)]
-            if not layers or not all(hasattr(m, "_disable_adapters") for m in layers):
-                return None
-            self._lora_layer_list = layers
-        return layers
 
     def lora_state_dict(self, model=None) -> Dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
@@ -511,7 +474,12 @@ class Generator:
     def kernel_step(self, out, x, i: int, sch: Schedule, scfg: SamplerConfig, stochastic: bool,
                     prev_sample=None, noise=None) -> K.StepOut:
         """One transition from state i to i+1 with the configured kernel (ODE / DDIM-η=0 when not stochastic)."""
-        return self.law.kernel_step(out, x, i, sch, scfg, stochastic, prev_sample=prev_sample, noise=noise)
+        # always in float32, also inside a bf16/fp16 autocast region (the reference forward runs in one): the step
+        # kernels' σ, log and exp arithmetic must not follow the network into half precision
+        with torch.autocast(self.device.type, enabled=False):
+            return self.law.kernel_step(out.float(), x.float(), i, sch, scfg, stochastic,
+                                        prev_sample=None if prev_sample is None else prev_sample.float(),
+                                        noise=None if noise is None else noise.float())
 
     prediction_type: str = "epsilon"
 
