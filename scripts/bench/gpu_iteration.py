@@ -5,7 +5,7 @@ update, trajectories per second and peak GPU memory.
 
     python scripts/bench/gpu_iteration.py                          # both models, grpo + nft, compile off + on
     python scripts/bench/gpu_iteration.py --models sd35m --algorithms grpo --compile off --iterations 2
-    python scripts/bench/gpu_iteration.py --tiny                   # CPU dry run: the tiny pipelines at 32 px, fp32
+    python scripts/bench/gpu_iteration.py --tiny --steps 2 --compile off   # CPU dry run: tiny pipelines, 32 px, fp32
 
 Text encoders and VAEs are small random stand-ins with the real embedding widths (SD3.5-M: CLIP 768 + 1280 and no
 T5, whose slot diffusers zero-pads to 4096; FLUX: CLIP-L 768 pooled + a 1-layer T5 of width 4096), so the timings are
@@ -84,13 +84,13 @@ def build_flux1(tmp):
 
 
 def build_tiny(family):
-    def build(tmp):
-        from diffusers import DiffusionPipeline
-
+    def build(tmp):  # a pipeline folder, loaded by the adapter as a hub id would be
         from genalign.testing import tiny
 
-        path = {"sd3": tiny.build_tiny_sd3, "flux": tiny.build_tiny_flux}[family](os.path.join(tmp, family))
-        return DiffusionPipeline.from_pretrained(path)
+        out = os.path.join(tmp, f"tiny_{family}")
+        if not os.path.exists(os.path.join(out, "model_index.json")):
+            {"sd3": tiny.build_tiny_sd3, "flux": tiny.build_tiny_flux}[family](out)
+        return out
     return build
 
 
@@ -112,24 +112,26 @@ def run_one(a, model, algorithm, compile_on, device, tmp):
     from genalign.trainer import Trainer
 
     family, build, build_small = MODELS[model]
-    dtype = torch.float32 if a.tiny else torch.bfloat16
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            pipe = (build_small if a.tiny else build)(tmp)
-    finally:
-        torch.set_default_dtype(prev)
     cls = FAMILIES.get(family)
-    orig_load = cls.__dict__.get("load")
-    cls.load = classmethod(lambda c, cfg, device="cpu": c(pipe, cfg, device))  # the in-memory pipeline
+    orig_load, pipe, path = cls.__dict__.get("load"), None, "in-memory"
+    if a.tiny:
+        path = build_small(tmp)
+    else:
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device(device):
+                pipe = build(tmp)
+        finally:
+            torch.set_default_dtype(prev)
+        cls.load = classmethod(lambda c, cfg, device="cpu": c(pipe, cfg, device))  # the in-memory pipeline
     hw = 32 if a.tiny else a.size
     g = 3.5 if family == "flux" else 4.5
     raw = {
-        "model": {"family": family, "path": "in-memory", "height": hw, "width": hw,
+        "model": {"family": family, "path": path, "height": hw, "width": hw,
                   "dtype": "fp32" if a.tiny else "bf16", "gradient_checkpointing": True, "compile": compile_on,
                   "max_sequence_length": 128 if family == "sd3" else 256, "lora": {"rank": 32, "alpha": 64}},
-        "sampler": {"num_steps": 10, "eval_num_steps": 10, "guidance_scale": g, "kernel": "sde", "noise_level": 0.7},
+        "sampler": {"num_steps": a.steps, "eval_num_steps": a.steps, "guidance_scale": g, "kernel": "sde", "noise_level": 0.7},
         "data": {"prompts": [f"a photo of object {i}" for i in range(16)], "group_size": a.group,
                  "prompts_per_iteration": a.prompts, "eval_prompts": ["a cat"], "eval_seeds": [0]},
         "train": {"iterations": a.warmup + a.iterations, "rollout_batch_size": a.batch, "train_batch_size": a.batch,
@@ -165,10 +167,11 @@ def run_one(a, model, algorithm, compile_on, device, tmp):
         med["peak_gib"] = peak
         return med
     finally:
-        if orig_load is not None:
-            cls.load = orig_load
-        else:
-            del cls.load
+        if pipe is not None:
+            if orig_load is not None:
+                cls.load = orig_load
+            else:
+                del cls.load
         tr = pipe = None
         gc.collect()
         if device.type == "cuda":
@@ -185,6 +188,7 @@ def main():
     ap.add_argument("--group", type=int, default=4, help="samples per prompt")
     ap.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
     ap.add_argument("--batch", type=int, default=4, help="rollout and train micro-batch")
+    ap.add_argument("--steps", type=int, default=10, help="sampling steps (Flow-GRPO: 10, 9 trained)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run on the tiny pipelines (32 px, fp32)")

@@ -97,6 +97,40 @@ def worker(a) -> None:
                                   "trajectories": tr.n_local}), flush=True)
 
 
+def micro(a) -> None:
+    """Per-call costs of the two work-avoiding shortcuts, each way, in this tree (CPU seconds, many repeats): the
+    batch conditioning of one rollout batch (9 samples of one prompt, as G 24 / batch 9 gives) and one reference
+    on/off toggle pair. Their effect on a whole iteration is below the noise of a shared machine; these are not."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from genalign.config import ModelConfig
+    from genalign.models.sd3 import SD3Generator
+
+    cfg = ModelConfig(family="sd3", path=a.pipeline, height=32, width=32, max_sequence_length=128)
+    cfg.lora.rank, cfg.lora.alpha = 32, 64.0
+    g = SD3Generator.load(cfg)
+    prompts = ["a photo of a cat"] * 9
+
+    def per_call(fn, n):
+        fn()
+        c = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - c) / n
+
+    def toggle():
+        with g.reference():
+            pass
+
+    out = {}
+    for off in ("", "encode_cache", "adapter_toggle"):
+        os.environ["GENALIGN_SPEED_OFF"] = off
+        out[off or "on"] = {"encode": per_call(lambda: g.conditioning(prompts, 4.5), 20),
+                            "toggle": per_call(toggle, 200)}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
 # ------------------------------------------------------------------------------------------------------ driver
 def run_variant(name, trees, a, pipeline, tmp):
     tree_key, over, off = VARIANTS[name]
@@ -122,14 +156,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--no-micro", action="store_true", help="skip the per-call costs of the shortcuts")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--pipeline", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        return worker(a)
+        return micro(a) if a.micro else worker(a)
     names = [v for v in a.variants.split(",") if v]
     bad = [v for v in names if v not in VARIANTS]
     if bad:
@@ -164,8 +200,33 @@ def main():
                 results[v + "/T5"] = res["max_sequence_length"]
                 print(f"  round {r + 1} {v:>15}: " + " ".join(f"{row['seconds']:.2f}s cpu ({row['wall']:.2f}s wall)"
                                                                for row in res["rows"]), flush=True)
+        mic = None
+        if not a.no_micro:
+            env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--micro", "--pipeline", pipeline,
+                                "--threads", str(a.threads)], capture_output=True, text=True, env=env, cwd=REPO)
+            line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+            if r.returncode != 0 or not line:
+                raise SystemExit(f"micro benchmark failed:\n{r.stderr[-3000:]}")
+            mic = json.loads(line[-1][len("RESULT "):])
     med = {v: {k: statistics.median(row[k] for row in results[v]) for k in ("seconds", "wall", "rollout", "reward",
                                                                          "update")} for v in names}
+    if names:
+        table(names, med, results)
+    if mic is not None:
+        n = a.prompts * 24
+        calls_enc = -(-n // 9)  # rollout batches of 9
+        calls_ref = 9 * calls_enc  # one reference forward per trained step (9) and micro-batch (9 samples)
+        on = mic["on"]
+        print(f"\nper-call costs (CPU ms, this tree) and what they add up to per iteration ({calls_enc} rollout "
+              f"batches, {calls_ref} reference toggles):")
+        for key, what, calls in (("encode_cache", "encode", calls_enc), ("adapter_toggle", "toggle", calls_ref)):
+            o = mic[key][what]
+            print(f"  {what:>6}: {on[what] * 1e3:7.3f} ms with the shortcut, {o * 1e3:7.3f} ms without "
+                  f"-> {(o - on[what]) * calls:.3f} s per iteration")
+
+
+def table(names, med, results):
     print(f"\nmedian CPU seconds per iteration (wall in brackets: it includes other jobs on a shared machine)")
     print(f"{'variant':>15} {'T5':>5} {'s/iter':>8} {'(wall)':>8} {'rollout':>8} {'reward':>8} {'update':>8}")
     for v in names:
@@ -177,7 +238,7 @@ def main():
         print(f"\nthis vs base: {b['seconds'] / t['seconds']:.2f}x faster per iteration (rollout "
               f"{b['rollout'] / t['rollout']:.2f}x, update {b['update'] / t['update']:.2f}x)")
     if "this" in med:
-        print("contribution of each change (this with it undone / this):")
+        print("contribution of each change (this with it undone / this; whole iterations, so noisy below ~5 %):")
         for v in names:
             if v in EXPLAIN:
                 print(f"  {EXPLAIN[v]:<48} {med[v]['seconds'] / med['this']['seconds']:.2f}x")
