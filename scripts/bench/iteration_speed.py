@@ -13,7 +13,8 @@ SD3 (32 px), fp32, a brightness reward instead of PickScore, ``--prompts`` promp
 
 Variants: ``base``, ``this``, and ``this`` with one optimisation undone: ``t5_256`` (model.max_sequence_length=256,
 diffusers' default, which the base recipe used), ``encode_cache`` / ``adapter_toggle`` (GENALIGN_SPEED_OFF, see
-genalign/models/base.py). Prints per-iteration seconds (median; CPU seconds of the worker process, which on a shared machine measure the work
+genalign/models/speed.py); optional ``compile`` (model.compile=true; use --warmup 1 so that compiling is not timed):
+``--variants this,compile --warmup 1``. Prints per-iteration seconds (median; CPU seconds of the worker process, which on a shared machine measure the work
 where wall time measures the neighbours too; wall time is printed beside) split rollout / reward / update and the
 ratios.
 """
@@ -38,7 +39,9 @@ VARIANTS = {  # name -> (tree, extra overrides, GENALIGN_SPEED_OFF)
     "t5_256": ("this", {"model.max_sequence_length": 256}, ""),
     "encode_cache": ("this", {}, "encode_cache"),
     "adapter_toggle": ("this", {}, "adapter_toggle"),
+    "compile": ("this", {"model.compile": True}, ""),  # not a default: compare with --warmup 1 (compilation)
 }
+DEFAULT_VARIANTS = "base,this,t5_256,encode_cache,adapter_toggle"
 EXPLAIN = {
     "t5_256": "T5 length 128 as the reference (recipe)",
     "encode_cache": "each unique prompt / the negative encoded once",
@@ -155,7 +158,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=2, help="timed iterations per variant and round")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of: " + ", ".join(VARIANTS))
     ap.add_argument("--no-micro", action="store_true", help="skip the per-call costs of the shortcuts")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)
