@@ -61,6 +61,11 @@ def compile_repeated_blocks(model: torch.nn.Module, backend: str = "inductor") -
     ``_repeated_blocks`` (what its ``compile_repeated_blocks`` uses), else in ``_no_split_modules`` (SD3's
     transformer lists none in ``_repeated_blocks``). LoRA layers inside a block are compiled with it; toggling the
     adapter off for the reference compiles a second variant once. Returns the number of compiled blocks."""
+    import torch._dynamo
+
+    valid = sorted(torch._dynamo.list_backends(exclude_tags=()))
+    if backend not in valid:
+        raise ConfigError(f"'model.compile_backend' is '{backend}'; valid choices: {', '.join(valid)}")
     names = set(getattr(model, "_repeated_blocks", None) or getattr(model, "_no_split_modules", None) or [])
     n = 0
     for sub in model.modules():

@@ -66,9 +66,11 @@ def test_compiled_blocks_give_eager_gradients(tiny_sd3):
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_compile_needs_repeated_blocks():
+def test_compile_needs_repeated_blocks_and_a_known_backend():
     with pytest.raises(ConfigError, match="model.compile"):
         compile_repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ConfigError, match="compile_backend.*inductor"):
+        compile_repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), backend="nope")
 
 
 def test_step_kernels_stay_float32_under_bf16_autocast(tiny_sd3):
