@@ -56,6 +56,8 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Checkpoint denoiser blocks."})
     enable_xformers: bool = field(default=False, metadata={"help": "Use xformers attention (CUDA only)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser's repeated blocks."})
+    compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend (model.compile)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the hub."})
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,8 +31,10 @@ from ..errors import CheckpointError, ConfigError
 from . import steps as K
 from .weights import WeightsIO
 from .laws import NoiseLaw, RectifiedFlow
+from .speed import compile_repeated_blocks, expand_cond, lora_layers, speed_on  # noqa: F401
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 
 @dataclass
@@ -198,6 +201,8 @@ class Generator(WeightsIO):
             if self.device.type != "cuda":
                 raise ConfigError("'model.enable_xformers' needs a CUDA device; leave it false on CPU")
             self.denoiser.enable_xformers_memory_efficient_attention()
+        if cfg.compile:
+            self.compiled_blocks = compile_repeated_blocks(self.denoiser, cfg.compile_backend)
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -297,13 +302,24 @@ class Generator(WeightsIO):
             yield self.ref_denoiser
             return
         net = self.denoiser
-        net.disable_adapters()
+        layers = lora_layers(self) if speed_on("adapter_toggle") else None
+        if layers is None:
+            net.disable_adapters()
+        else:
+            for m in layers:
+                m._disable_adapters = True
         try:
             yield net
         finally:
-            net.enable_adapters()
+            if layers is None:
+                net.enable_adapters()
+            else:
+                for m in layers:
+                    m._disable_adapters = False
 
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
+        """{"pos": ..., "neg": ...} for the prompts; ``negative=False`` leaves the unconditional branch out (the base
+        then adds it from :meth:`negative_conditioning`). Callers use :meth:`conditioning`."""
         raise NotImplementedError
 
     def model_forward(self, model, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, Any]) -> torch.Tensor:
@@ -322,8 +338,8 @@ class Generator(WeightsIO):
                    metadata: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, Any]:
         """Conditioning of a batch whose prompts carry per-prompt fields (a JSONL prompts file: duration, target
         text, ...). Families whose conditioning reads such fields (e.g. an audio model's duration) override this;
-        the default encodes the prompts alone."""
-        return self.encode(prompts, guidance_scale)
+        the default encodes the prompts alone (:meth:`conditioning`: each unique prompt once)."""
+        return self.conditioning(prompts, guidance_scale)
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
@@ -333,6 +349,31 @@ class Generator(WeightsIO):
         return self.law_class.from_scheduler(self.pipe.scheduler)
 
     # ---------------------------------------------------------------------------------------------- shared logic
+    def conditioning(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+        """``encode`` for a batch, without repeated work: each unique prompt is encoded once and shared by its
+        copies (a GRPO group's k samples), and the negative (unconditional) branch is encoded once per run and
+        cached on the adapter (the text encoders are frozen). Same values as ``encode(prompts, guidance_scale)``."""
+        prompts = list(prompts)
+        if not speed_on("encode_cache"):
+            return self.encode(prompts, guidance_scale)
+        first: Dict[str, int] = {}
+        idx = torch.tensor([first.setdefault(p, len(first)) for p in prompts], dtype=torch.long)
+        uniq = list(first)
+        if "negative" not in inspect.signature(self.encode).parameters:  # a family without the split hook
+            return index_cond(self.encode(uniq, guidance_scale), idx)
+        cond = index_cond(self.encode(uniq, guidance_scale, negative=False), idx)
+        if self.uses_cfg(guidance_scale):
+            cond["neg"] = expand_cond(self.negative_conditioning(guidance_scale), len(prompts))
+        return cond
+
+    def negative_conditioning(self, guidance_scale: float) -> Dict[str, Any]:
+        """The unconditional branch's conditioning for one sample, encoded on first use and kept."""
+        cache = self.__dict__.setdefault("_negative_cache", {})
+        key = (float(guidance_scale), self.text_sequence_length())
+        if key not in cache:
+            cache[key] = index_cond(self.encode([""], guidance_scale)["neg"], torch.zeros(1, dtype=torch.long))
+        return cache[key]
+
     def text_sequence_length(self) -> Optional[int]:
         """T5 tokens per prompt: ``model.max_sequence_length``, else the stock pipeline's default (None: no T5)."""
         return self.cfg.max_sequence_length or self.max_sequence_length
@@ -426,7 +467,12 @@ class Generator(WeightsIO):
     def kernel_step(self, out, x, i: int, sch: Schedule, scfg: SamplerConfig, stochastic: bool,
                     prev_sample=None, noise=None) -> K.StepOut:
         """One transition from state i to i+1 with the configured kernel (ODE / DDIM-η=0 when not stochastic)."""
-        return self.law.kernel_step(out, x, i, sch, scfg, stochastic, prev_sample=prev_sample, noise=noise)
+        # always in float32, also inside a bf16/fp16 autocast region (the reference forward runs in one): the step
+        # kernels' σ, log and exp arithmetic must not follow the network into half precision
+        with torch.autocast(self.device.type, enabled=False):
+            return self.law.kernel_step(out.float(), x.float(), i, sch, scfg, stochastic,
+                                        prev_sample=None if prev_sample is None else prev_sample.float(),
+                                        noise=None if noise is None else noise.float())
 
     prediction_type: str = "epsilon"
 
@@ -471,7 +517,8 @@ class Generator(WeightsIO):
         T = num_steps or scfg.num_steps
         g = scfg.guidance_scale if guidance_scale is None else guidance_scale
         sch = self.schedule(T, scfg.shift)
-        if cond is None:
+        own_cond = cond is None
+        if own_cond:
             cond = self.encode_for(list(prompts), g, metadata)
         x = self.initial_noise(noise_seeds if noise_seeds is not None else seeds).float()
         gens = sample_generators(seeds, "cpu", salt=1)
@@ -496,7 +543,7 @@ class Generator(WeightsIO):
             prompts=list(prompts),
             seeds=list(seeds),
             group_ids=group_ids if group_ids is not None else torch.arange(n),
-            cond=index_cond(cond, torch.arange(n)),
+            cond=cond if own_cond else index_cond(cond, torch.arange(n)),
             states=torch.stack(states, 1),
             log_probs=log_probs,
             means=torch.stack(means, 1) if means is not None else None,

@@ -85,7 +85,7 @@ class FluxGenerator(Generator):
         return ((h // 2) * (w // 2), c * 4)
 
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
         pe, pooled, _ = self.pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=self.device,
                                                 max_sequence_length=self.text_sequence_length())
         pos = {"enc": pe, "pooled": pooled}

@@ -150,8 +150,8 @@ class SDGenerator(_VPGenerator):
         return {"safety_checker": None, "requires_safety_checker": False}
 
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
-        cfg = self.uses_cfg(guidance_scale)
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
+        cfg = self.uses_cfg(guidance_scale) and negative
         pe, ne = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg, negative_prompt=None)
         out = {"pos": {"enc": pe}}
         if cfg:
@@ -189,8 +189,8 @@ class SDXLGenerator(_VPGenerator):
         return ids.to(self.device).repeat(n, 1)
 
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
-        cfg = self.uses_cfg(guidance_scale)
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
+        cfg = self.uses_cfg(guidance_scale) and negative
         pe, ne, pp, npp = self.pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=self.device,
                                                   num_images_per_prompt=1, do_classifier_free_guidance=cfg,
                                                   negative_prompt=None)

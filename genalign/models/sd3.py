@@ -96,8 +96,8 @@ class SD3Generator(Generator):
         return (c, self.cfg.height // f, self.cfg.width // f)
 
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str], guidance_scale: float) -> Dict[str, Any]:
-        cfg = self.uses_cfg(guidance_scale)
+    def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
+        cfg = self.uses_cfg(guidance_scale) and negative
         pe, ne, pp, npool = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=cfg, negative_prompt=[""] * len(prompts) if cfg else None,
