@@ -30,9 +30,18 @@ def evaluate_main(args) -> int:
     src = args.prompts or cfg.data.eval_prompts or cfg.data.prompts
     prompts = read_prompts(src)
     seeds = args.seeds or cfg.data.eval_seeds
-    out = args.out or os.path.join(cfg.run.output_dir, "eval", "metrics.json")
-    ev = sample_and_write(gen, prompts, seeds, cfg.sampler, os.path.join(os.path.dirname(out), "samples"),
-                          num_steps=cfg.sampler.eval_num_steps, rewards=rewards)
+    tag = os.path.basename(os.path.normpath(args.checkpoint)) if args.checkpoint else "base"
+    out = args.out or os.path.join(cfg.run.output_dir, "eval", tag, "metrics.json")
+    samples_dir = os.path.join(os.path.dirname(out), "samples")
+    earlier = os.path.exists(out) or (os.path.isdir(samples_dir) and bool(os.listdir(samples_dir)))
+    if earlier and not getattr(args, "overwrite", False):
+        raise GenalignError(f"'{out}' already holds an evaluation; pass --out elsewhere or --overwrite to replace it")
+    import shutil
+
+    # --overwrite: the earlier samples go only once the new ones are sampled and scored (nothing lost on a failure)
+    clear = (lambda: shutil.rmtree(samples_dir, ignore_errors=True)) if earlier else None
+    ev = sample_and_write(gen, prompts, seeds, cfg.sampler, samples_dir, num_steps=cfg.sampler.eval_num_steps,
+                          rewards=rewards, before_write=clear)
     metrics = {"num_samples": len(ev["records"]), "checkpoint": args.checkpoint, "model": cfg.model.path,
                **score_table(ev["scores"])}
     if rewards:

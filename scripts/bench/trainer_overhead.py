@@ -7,7 +7,8 @@ parts-and-phases trainer), side by side in one run.
 Each round runs the same recipe for ``--iterations`` iterations in both trees (fresh subprocesses, alternating
 order, same thread count, no evaluation or checkpoints) and reads the per-iteration ``seconds`` (rollout + reward +
 update) that both trainers log to metrics.jsonl; the first iteration is dropped as warm-up. Prints the median
-seconds per iteration of each tree and the ratio this/base.
+wall seconds per iteration of each tree and the ratio this/base, and the process CPU seconds per iteration (less
+sensitive to other load on the machine).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ t.evaluate = lambda it: {}          # time the iterations only
 t.save_checkpoint = lambda: sys.argv[3]
 if hasattr(t, "write_report"):
     t.write_report = lambda: None
+import time
+c0 = time.process_time()
 t.train()
+json.dump({"cpu": time.process_time() - c0}, open(os.path.join(sys.argv[3], "cpu.json"), "w"))
 """
 
 
@@ -47,7 +51,8 @@ def run(tree: str, recipe: str, iterations: int, threads: int) -> list:
                         os.path.join(out, "run")], cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         rows = [json.loads(l) for l in open(os.path.join(out, "run", "metrics.jsonl"))]
-    return [r["seconds"] for r in rows[1:]]
+        cpu = json.load(open(os.path.join(out, "run", "cpu.json")))["cpu"] / len(rows)
+    return [r["seconds"] for r in rows[1:]], cpu
 
 
 def main() -> None:
@@ -64,10 +69,13 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", REPO, "archive", args.base], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
         times = {"base": [], "this": []}
+        cpu = {"base": [], "this": []}
         for r in range(args.rounds):
             order = [("base", base), ("this", REPO)] if r % 2 == 0 else [("this", REPO), ("base", base)]
             for name, tree in order:
-                times[name] += run(tree, args.recipe, args.iterations, args.threads)
+                wall, c = run(tree, args.recipe, args.iterations, args.threads)
+                times[name] += wall
+                cpu[name].append(c)
     import torch
 
     mb, mt = statistics.median(times["base"]), statistics.median(times["this"])
@@ -75,7 +83,10 @@ def main() -> None:
           f"{args.recipe}, {args.rounds} rounds × {args.iterations - 1} timed iterations")
     print(f"base {args.base}: {mb:.3f} s/iteration (median of {len(times['base'])})")
     print(f"this tree:      {mt:.3f} s/iteration (median of {len(times['this'])})")
-    print(f"ratio this/base: {mt / mb:.3f}")
+    print(f"ratio this/base: {mt / mb:.3f} (wall)")
+    cb, ct = statistics.median(cpu["base"]), statistics.median(cpu["this"])
+    print(f"process CPU s/iteration (all iterations, median of rounds): base {cb:.3f}, this {ct:.3f}, "
+          f"ratio {ct / cb:.3f} (the figure to trust on a shared machine)")
 
 
 if __name__ == "__main__":

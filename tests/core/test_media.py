@@ -254,6 +254,17 @@ def test_genalign_eval_writes_metrics_grid_and_records(tiny_sd3, tmp_path, capsy
     recs = [json.loads(line) for line in open(tmp_path / "ev" / "samples" / "samples.jsonl")]
     want = [(p, s) for p in ["a red cube", "a blue ball"] for s in [0, 1, 2]]
     assert [(r["prompt"], r["seed"]) for r in recs] == want
+    # a second evaluation into the same place is refused in one line, and nothing is written over ...
+    before = open(tmp_path / "ev" / "metrics.json").read()
+    capsys.readouterr()
+    assert main(["eval", path, "--out", str(tmp_path / "ev" / "metrics.json")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "already holds an evaluation" in err and len(err.splitlines()) == 1
+    assert open(tmp_path / "ev" / "metrics.json").read() == before
+    # ... unless told to: the samples are replaced (not appended to)
+    assert main(["eval", path, "--out", str(tmp_path / "ev" / "metrics.json"), "--overwrite"]) == 0
+    recs = [json.loads(line) for line in open(tmp_path / "ev" / "samples" / "samples.jsonl")]
+    assert [(r["prompt"], r["seed"]) for r in recs] == want
 
 
 # ---------------------------------------------------------------------------------------------------- report
