@@ -152,8 +152,9 @@ def test_lora_reference_save_reload_and_fused_export(gen, tiny_path, tmp_path):
     other = MODELS.get("stable_audio").load(_cfg(tiny_path))
     other.load_checkpoint(str(ckpt))
     with torch.no_grad():
-        torch.testing.assert_close(other.model_forward(other.denoiser, x, t, cond).float(), adapted, atol=1e-6,
-                                   rtol=1e-6)
+        # float32 round-off of the reloaded adapter (the same tolerance as peft's own loader below)
+        torch.testing.assert_close(other.model_forward(other.denoiser, x, t, cond).float(), adapted, atol=1e-5,
+                                   rtol=1e-5)
     # peft's own loader reads the PEFT folder
     from diffusers import StableAudioPipeline
 
