@@ -45,6 +45,7 @@ class Trainer:
         self.out = cfg.run.output_dir
         self.iteration = 0
         self.counters = {"skipped_nonfinite_reward": 0, "skipped_nonfinite_loss": 0, "trajectories": 0}
+        self._gathered: Optional[tuple] = None  # (local samples, the same from every process): see gathered_samples
         self.elapsed = 0.0
         self.first_eval: Optional[Dict[str, float]] = None
         self.last_eval: Optional[Dict[str, float]] = None
@@ -161,16 +162,21 @@ class Trainer:
         acc = self.accelerator
         prompts = gather_list(acc, ro.prompts)
         metadata = gather_list(acc, ro.metadata) if ro.metadata else None
-        cols, gathered = [], None
+        cols = []
         for r in self.rewards:
             if r.scope == "sample":
                 cols.append(acc.gather(r(ro.samples, ro.prompts, ro.metadata or None).to(acc.device)).cpu())
             else:
-                if gathered is None:
-                    gathered = acc.gather(ro.samples.to(acc.device)).cpu()
-                cols.append(r(gathered, prompts, metadata).cpu())
+                cols.append(r(self.gathered_samples(ro), prompts, metadata).cpu())
         groups = acc.gather(ro.group_ids.to(acc.device)).cpu()
         return torch.stack(cols, 1).float(), groups, prompts
+
+    def gathered_samples(self, ro: Rollout) -> torch.Tensor:
+        """This rollout's samples from every process (on the CPU), gathered once per rollout however many set-scope
+        rewards, monitors and algorithms (DRAGON's set split, through ``view.gathered_samples``) read them."""
+        if self._gathered is None or self._gathered[0] is not ro.samples:
+            self._gathered = (ro.samples, self.accelerator.gather(ro.samples.to(self.device)).cpu())
+        return self._gathered[1]
 
     def reward_monitors(self, ro: Rollout) -> Dict[str, float]:
         """The ``monitors(samples, prompts, metadata)`` of rewards with ``monitor`` set (e.g. a discriminator's
@@ -179,7 +185,7 @@ class Trainer:
         if not rs:
             return {}
         acc = self.accelerator
-        x, prompts = acc.gather(ro.samples.to(acc.device)).cpu(), gather_list(acc, ro.prompts)
+        x, prompts = self.gathered_samples(ro), gather_list(acc, ro.prompts)
         meta = gather_list(acc, ro.metadata) if ro.metadata else None
         if not self.is_main:
             return {}
@@ -249,6 +255,7 @@ class Trainer:
         metrics.update({"seconds": t3 - t0, "time/rollout": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
                         "lr": self.parts["policy"].scheduler.get_last_lr()[0], "optimizer_step": self.optimizer_step,
                         **self.counters})
+        self._gathered = None
         return metrics
 
     # ================================================================================================ stepping

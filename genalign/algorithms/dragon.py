@@ -175,7 +175,7 @@ class Dragon(Algorithm):
             set_ks = [k for k, r in enumerate(rewards) if r.scope == "set"]
             need_samples = any(self._contribution_kind(rewards[k]) == "loo" or hasattr(rewards[k], "set_value")
                                for k in set_ks)
-            samples = view.gather(batch.rollout.samples.cpu()) if need_samples else None
+            samples = view.gathered_samples(batch.rollout) if need_samples else None
             contrib = torch.zeros(n, dtype=torch.float64)
             values = []
             verifiable = bool(set_ks)

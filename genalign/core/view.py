@@ -104,6 +104,11 @@ class View:
             return t
         return self._host.accelerator.gather(t.to(self.device)).cpu()
 
+    def gathered_samples(self, rollout) -> torch.Tensor:
+        """``rollout.samples`` from every process, on the CPU; gathered once per rollout and shared with the
+        trainer's set-scope rewards and monitors."""
+        return self._host.gathered_samples(rollout)
+
     def sum_hook(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``all_reduce(·, "sum")`` as a function for pure losses that take one (None on one process)."""
         return None if self._host.world == 1 else (lambda t: self.all_reduce(t, "sum"))

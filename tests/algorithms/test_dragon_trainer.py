@@ -119,3 +119,28 @@ def test_dragon_dpo_on_an_eps_prediction_model(tmp_path):
 def test_dragon_config_errors(args):
     with pytest.raises(ConfigError):
         make_algorithm(Dragon, args)
+
+
+def test_samples_are_gathered_once_per_iteration(tmp_path):
+    """A set-scope reward, DRAGON's set split and the trainer share one gather of the rollout's samples."""
+    cfg = make_config(tmp_path, {"name": "dragon", "split": "set", "loss": "kto"},
+                      rewards=[{"name": "tests.algorithms.trainer_utils:SetBrightnessGap", "target": 0.8},
+                               {"name": "tests.algorithms.trainer_utils:SetBrightnessGapContrib", "target": 0.5}],
+                      iterations=1)
+    tr = trainer_for(cfg)
+    seen = []
+    tr.rewards[0].monitor = True  # a monitored reward (as the adversarial one) reads the same gathered samples
+    tr.rewards[0].monitors = lambda x, prompts, meta: seen.append(x) or {"n": float(len(x))}
+    calls = []
+    inner = tr.accelerator.gather
+
+    def counting(t):
+        calls.append(tuple(t.shape))
+        return inner(t)
+
+    tr.accelerator.gather = counting
+    tr.iterate(0)
+    image_calls = [s for s in calls if len(s) == 4]
+    assert len(image_calls) == 1, calls
+    assert len(seen) == 1 and seen[0].shape[0] == tr.n_local * tr.world
+    assert tr._gathered is None  # released with the iteration
