@@ -60,32 +60,24 @@ def seed(text: str) -> int:
     return v
 
 
-def positive_int(text: str) -> int:
-    v = _int(text, "> 0")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be an integer > 0")
-    return v
+def _bounded(number, noun: str, strict: bool, name: str):
+    """An argparse type: ``number(text)`` (``_int`` or ``_float``) that must be > 0 (strict) or >= 0."""
+    what = "> 0" if strict else ">= 0"
+
+    def parse(text: str):
+        v = number(text, what)
+        if v < 0 or (strict and v == 0):
+            raise argparse.ArgumentTypeError(f"{v if isinstance(v, int) else format(v, 'g')} must be {noun} {what}")
+        return v
+
+    parse.__name__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    v = _int(text, ">= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be an integer >= 0")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = _float(text, "> 0")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v:g} must be a number > 0")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    v = _float(text, ">= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v:g} must be a number >= 0")
-    return v
+positive_int = _bounded(_int, "an integer", True, "positive_int")
+non_negative_int = _bounded(_int, "an integer", False, "non_negative_int")
+positive_float = _bounded(_float, "a number", True, "positive_float")
+non_negative_float = _bounded(_float, "a number", False, "non_negative_float")
 
 
 def finite_float(text: str) -> float:
