@@ -149,4 +149,7 @@ def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Pa
             every = cfg.train.ema.every if name == "policy" else 1
             ema = EMA(params if name != "policy" else generator.trainable_parameters(), o["ema_decay"], every)
         parts[name] = Part(name, module, spec.module, params, opt, sched, float(o["max_grad_norm"]), ema)
+    if fsdp and acc.is_main_process:
+        print(f"genalign: FSDP2 (fully_shard) shards {', '.join(parts)} over {acc.num_processes} processes",
+              flush=True)
     return parts
