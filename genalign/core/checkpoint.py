@@ -185,7 +185,7 @@ class Checkpointer:
             if self.fsdp:
                 from . import fsdp
 
-                fsdp.load(h, path)
+                fsdp.load(h, path, read_safetensors)
             else:
                 h.accelerator.load_state(path)
         except GenalignError:

@@ -8,7 +8,7 @@ Under FSDP every parameter is a DTensor shard, so a module's ``state_dict()`` ho
 writes what a DDP checkpoint holds: the policy in diffusers' layout (``pytorch_lora_weights.safetensors`` that
 ``pipe.load_lora_weights`` reads, or the denoiser folder ``from_pretrained`` reads), other parts as
 ``parts/<name>.safetensors``, and ``optimizer[_i].bin`` (the full optimiser state, keyed by parameter name — so an
-FSDP checkpoint resumes under FSDP with any number of processes, not under DDP). Schedulers and RNG states go
+FSDP checkpoint resumes under FSDP, not under DDP). Schedulers and RNG states go
 through accelerate's ``save_accelerator_state`` as under DDP. Loading reads the same files on every process and
 hands them to ``set_model_state_dict`` / ``set_optimizer_state_dict``, which cut out each process's shards.
 """
@@ -104,9 +104,7 @@ def save(host, out_dir: str) -> None:
                            acc.scaler, safe_serialization=True)
 
 
-def _read_weights(host, name: str, part, in_dir: str) -> Dict[str, torch.Tensor]:
-    from .checkpoint import read_safetensors
-
+def _read_weights(host, name: str, part, in_dir: str, read_safetensors) -> Dict[str, torch.Tensor]:
     gen = host.generator
     if name != "policy":
         return read_safetensors(os.path.join(in_dir, "parts", f"{name}.safetensors"))
@@ -129,15 +127,16 @@ def _read_weights(host, name: str, part, in_dir: str) -> Dict[str, torch.Tensor]
     return sd
 
 
-def load(host, in_dir: str) -> None:
-    """Load what :func:`save` wrote into the sharded parts, optimisers, schedulers and RNG; every process."""
+def load(host, in_dir: str, read_safetensors) -> None:
+    """Load what :func:`save` wrote into the sharded parts, optimisers, schedulers and RNG; every process.
+    ``read_safetensors(path)`` reads a weights file (checkpoint.py's, raising one line on a damaged file)."""
     from accelerate.checkpointing import load_accelerator_state
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     h, acc = host, host.accelerator
     for i, (name, part) in enumerate(h.parts.items()):
         lora = name == "policy" and h.generator.is_lora
-        set_model_state_dict(part.module, _read_weights(h, name, part, in_dir), options=_options(strict=not lora))
+        set_model_state_dict(part.module, _read_weights(h, name, part, in_dir, read_safetensors), options=_options(strict=not lora))
         osd = torch.load(os.path.join(in_dir, _file("optimizer", i)), map_location="cpu", weights_only=True)
         set_optimizer_state_dict(part.module, _raw_optimizer(part.optimizer), osd, options=_options())
     over = load_accelerator_state(in_dir, [], [], [p.scheduler for p in h.parts.values()], [], acc.process_index,

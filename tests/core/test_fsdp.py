@@ -22,7 +22,7 @@ from .helpers import REPO, tiny_config, write_config
 
 FSDP_CONFIG = os.path.join(REPO, "configs", "accelerate", "fsdp.yaml")
 LIFT = os.path.join(REPO, "tests", "core", "fsdp_cpu_launch.py")
-FSDP_LINE = "genalign: FSDP2 (fully_shard) shards policy over 2 processes"
+FSDP_LINE = "genalign: FSDP2 (fully_shard) shards policy"
 FALLBACK_LINE = "genalign: warning: the launch asked for FSDP but accelerate runs MULTI_CPU"
 
 
@@ -45,9 +45,13 @@ def _wait(procs):
 
 
 def _policy(run_dir: str, it: int, lora: bool):
+    """The policy's weights (LoRA runs: plus the learnable reward's head, as ``head.*``) at checkpoint-``it``."""
     ck = os.path.join(run_dir, "checkpoints", f"checkpoint-{it}")
-    name = "pytorch_lora_weights.safetensors" if lora else os.path.join("transformer", "diffusion_pytorch_model.safetensors")
-    return load_file(os.path.join(ck, name))
+    if not lora:
+        return load_file(os.path.join(ck, "transformer", "diffusion_pytorch_model.safetensors"))
+    head = load_file(os.path.join(ck, "parts", "head.safetensors"))
+    return {**load_file(os.path.join(ck, "pytorch_lora_weights.safetensors")), **{f"head.{k}": v for k, v in
+                                                                                 head.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,11 @@ def runs(tiny_sd3, tmp_path_factory):
         for kind in ("ddp", "fsdp"):
             cfg = tiny_config(tiny_sd3, str(root / f"{mode}_{kind}"), **over)
             cfg["model"]["lora"]["rank"] = rank
+            if mode == "lora":  # a second trained part (a learnable reward's head, scored and trained every
+                # iteration) and one evaluation item: the second process samples a padding item (FSDP forwards are
+                # collectives)
+                cfg["rewards"].append({"name": "tests.core.parts_for_tests:LearnedBrightness", "weight": 0.1})
+                cfg["data"]["eval_seeds"] = [0]
             path = write_config(root / f"{mode}_{kind}.yaml", cfg)
             log = str(root / f"{mode}_{kind}.log")
             first.append((log, _start(path, port, kind == "fsdp", log)))
@@ -100,6 +109,7 @@ def test_fallback_to_ddp_is_not_silent(runs):
         ddp, fsdp = (open(runs / f"{mode}_{k}.log").read() for k in ("ddp", "fsdp"))
         assert FALLBACK_LINE in ddp and FSDP_LINE not in ddp
         assert FSDP_LINE in fsdp and FALLBACK_LINE not in fsdp
+        assert (FSDP_LINE + (", head" if mode == "lora" else "") + " over 2 processes") in fsdp
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
@@ -110,12 +120,19 @@ def test_fsdp_update_matches_ddp(runs, tiny_sd3, mode):
         d, f = _policy(str(runs / f"{mode}_ddp"), it, lora), _policy(str(runs / f"{mode}_fsdp"), it, lora)
         assert d.keys() == f.keys() and len(d) > 0
         # the update itself (LoRA: B starts at zero; full: the change from the base weights)
-        moved = max(float((d[k] - base.get(k, torch.zeros_like(d[k]))).abs().max()) for k in d if not lora or
+        policy = [k for k in d if not k.startswith("head.")]
+        moved = max(float((d[k] - base.get(k, torch.zeros_like(d[k]))).abs().max()) for k in policy if not lora or
                     "lora_B" in k)
-        diff = max(float((d[k] - f[k]).abs().max()) for k in d)
+        diff = max(float((d[k] - f[k]).abs().max()) for k in policy)
         print(f"{mode} checkpoint-{it}: largest update {moved:.3e}, largest FSDP-DDP difference {diff:.3e}")
         assert moved > 1e-3
         assert diff < 5e-3 * moved  # reduce-scatter vs all-reduce summation order only
+        if lora:  # the head (lr 5e-2 from LearnedBrightness's seeded init) trained, and matches too
+            torch.manual_seed(1)
+            init = torch.nn.Linear(3, 1).weight.detach()
+            assert float((d["head.weight"] - init).abs().max()) > 1e-3
+            for k in ("head.weight", "head.bias"):
+                torch.testing.assert_close(f[k], d[k], atol=1e-6, rtol=1e-5)
     rows = [[json.loads(line) for line in open(runs / f"{mode}_{k}" / "metrics.jsonl")] for k in ("ddp", "fsdp")]
     assert [r["optimizer_step"] for r in rows[0]] == [r["optimizer_step"] for r in rows[1]] == [1, 2, 3]
     assert rows[0][0]["reward_mean"] == pytest.approx(rows[1][0]["reward_mean"], abs=1e-6)  # same first samples
@@ -133,7 +150,9 @@ def test_fsdp_resume_continues_exactly(runs, mode):
     opt = torch.load(ck / "optimizer.bin", weights_only=True)  # the full (gathered) optimiser state, by name
     if lora:
         trainable = {"transformer." + n.replace(".default.", ".") for n in opt["state"]}
-        assert trainable == set(a)
+        assert trainable == {k for k in a if not k.startswith("head.")}
+        head = torch.load(ck / "optimizer_1.bin", weights_only=True)
+        assert set(head["state"]) == {"weight", "bias"}
     else:
         from diffusers import SD3Transformer2DModel
 
