@@ -80,7 +80,8 @@ def declared_parts(algorithm, rewards, view) -> Dict[str, PartSpec]:
 
 def check_distributed(acc, cfg, specs: Dict[str, PartSpec]) -> None:
     """Say when the launch asked for FSDP or DeepSpeed and accelerate gave something else (accelerate 1.16 enables
-    both only on GPU-like devices: on a CPU host it silently trains with DDP); refuse what FSDP here does not do."""
+    both only on GPU-like devices: on a CPU host it silently trains with DDP); refuse DeepSpeed, and what genalign
+    does not do under FSDP (EMA, FSDP version 1)."""
     import os
 
     for kind, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
@@ -88,6 +89,11 @@ def check_distributed(acc, cfg, specs: Dict[str, PartSpec]) -> None:
                 acc.is_main_process:
             print(f"genalign: warning: the launch asked for {kind} but accelerate runs {acc.distributed_type.name} "
                   f"on this host ({acc.device.type}); accelerate enables {kind} on GPU-like devices only", flush=True)
+    if acc.distributed_type.name == "DEEPSPEED":
+        raise ConfigError("genalign's trainer does not run under DeepSpeed: accelerate steps the DeepSpeed engine "
+                          "inside every backward() and keeps one engine, while genalign accumulates a phase's backward "
+                          "units and steps each trained part's own optimiser; shard with FSDP "
+                          "(configs/accelerate/fsdp.yaml) instead")
     if not is_fsdp(acc):
         return
     if acc.state.fsdp_plugin.fsdp_version != 2:

@@ -5,7 +5,7 @@ checkpoint's policy loads in a stock diffusers pipeline.
 
 accelerate enables FSDP only on GPU-like devices (see tests/core/fsdp_cpu_launch.py, which lifts exactly that gate
 for the FSDP runs here). The DDP reference is the same launch command without the lift: accelerate's real CPU
-fallback, which must train as DDP and say so in a warning. The six 2-process runs go two to four at a time.
+fallback, which must train as DDP and say so in a warning. The six 2-process runs go four, then two, at a time.
 """
 
 import json
@@ -93,15 +93,52 @@ def runs(tiny_sd3, tmp_path_factory):
     return root
 
 
-def test_shipped_accelerate_configs_select_fsdp_and_deepspeed():
+def test_shipped_accelerate_config_selects_fsdp2():
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
     fsdp = load_config_from_file(FSDP_CONFIG)
     assert fsdp.distributed_type == DistributedType.FSDP
     assert int(fsdp.fsdp_config["fsdp_version"]) == 2
-    ds = load_config_from_file(os.path.join(REPO, "configs", "accelerate", "deepspeed_zero2.yaml"))
-    assert ds.distributed_type == DistributedType.DEEPSPEED and int(ds.deepspeed_config["zero_stage"]) == 2
+    assert not os.path.exists(os.path.join(REPO, "configs", "accelerate", "deepspeed_zero2.yaml"))  # refused below
+
+
+def _stub(kind: str, fsdp_version: int = 2):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(distributed_type=DistributedType[kind], is_main_process=True, device=torch.device("cpu"),
+                           state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version)))
+
+
+def test_distributed_checks(tiny_sd3, tmp_path, monkeypatch, capsys):
+    """One line for a requested FSDP/DeepSpeed that accelerate replaced; one-line errors for DeepSpeed, FSDP1 and EMA
+    under FSDP (in-process, with a stand-in accelerator: the real fallback is checked by the runs below)."""
+    from genalign.config import build_config
+    from genalign.core.parts import check_distributed
+    from genalign.core.phases import PartSpec
+    from genalign.errors import ConfigError
+
+    cfg = build_config(tiny_config(tiny_sd3, str(tmp_path / "run")))
+    specs = {"policy": PartSpec(torch.nn.Linear(2, 2))}
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    check_distributed(_stub("MULTI_CPU"), cfg, specs)
+    assert FALLBACK_LINE + " on this host (cpu)" in capsys.readouterr().out
+    check_distributed(_stub("FSDP"), cfg, specs)  # FSDP as asked: silent
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match="FSDP version 2 only"):
+        check_distributed(_stub("FSDP", 1), cfg, specs)
+    ema = build_config(tiny_config(tiny_sd3, str(tmp_path / "run"), train__ema={"decay": 0.9}))
+    with pytest.raises(ConfigError, match=r"EMA is not supported under FSDP \(part\(s\) \['policy'\]\)"):
+        check_distributed(_stub("FSDP"), ema, specs)
+    check_distributed(_stub("MULTI_CPU"), ema, specs)  # EMA under DDP is fine
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    check_distributed(_stub("MULTI_CPU"), cfg, specs)
+    assert "the launch asked for DEEPSPEED but accelerate runs MULTI_CPU" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="does not run under DeepSpeed"):
+        check_distributed(_stub("DEEPSPEED"), cfg, specs)
 
 
 def test_fallback_to_ddp_is_not_silent(runs):
