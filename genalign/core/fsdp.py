@@ -136,7 +136,8 @@ def load(host, in_dir: str, read_safetensors) -> None:
     h, acc = host, host.accelerator
     for i, (name, part) in enumerate(h.parts.items()):
         lora = name == "policy" and h.generator.is_lora
-        set_model_state_dict(part.module, _read_weights(h, name, part, in_dir, read_safetensors), options=_options(strict=not lora))
+        full = _read_weights(h, name, part, in_dir, read_safetensors)
+        set_model_state_dict(part.module, full, options=_options(strict=not lora))
         osd = torch.load(os.path.join(in_dir, _file("optimizer", i)), map_location="cpu", weights_only=True)
         set_optimizer_state_dict(part.module, _raw_optimizer(part.optimizer), osd, options=_options())
     over = load_accelerator_state(in_dir, [], [], [p.scheduler for p in h.parts.values()], [], acc.process_index,
