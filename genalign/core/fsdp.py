@@ -8,8 +8,8 @@ Under FSDP every parameter is a DTensor shard, so a module's ``state_dict()`` ho
 writes what a DDP checkpoint holds: the policy in diffusers' layout (``pytorch_lora_weights.safetensors`` that
 ``pipe.load_lora_weights`` reads, or the denoiser folder ``from_pretrained`` reads), other parts as
 ``parts/<name>.safetensors``, and ``optimizer[_i].bin`` (the full optimiser state, keyed by parameter name — so an
-FSDP checkpoint resumes under FSDP, not under DDP). Schedulers and RNG states go
-through accelerate's ``save_accelerator_state`` as under DDP. Loading reads the same files on every process and
+FSDP checkpoint resumes under FSDP, not under DDP). Schedulers and RNG states go through accelerate's
+``save_accelerator_state`` as under DDP. Loading reads the same files on every process and
 hands them to ``set_model_state_dict`` / ``set_optimizer_state_dict``, which cut out each process's shards.
 """
 
@@ -44,7 +44,7 @@ def _raw_optimizer(opt):
     return getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer wraps the torch optimiser
 
 
-def _lora_names(generator, module) -> Dict[str, str]:
+def _lora_names(module) -> Dict[str, str]:
     """{name in the diffusers LoRA file (without the denoiser prefix): the module's parameter name}, by handing peft
     the live trainable parameters and seeing which key each comes back under."""
     from peft.utils import get_peft_model_state_dict
@@ -90,7 +90,7 @@ def save(host, out_dir: str) -> None:
             os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
             save_file(sd, os.path.join(out_dir, "parts", f"{name}.safetensors"))
         elif lora:
-            names = _lora_names(gen, part.raw)
+            names = _lora_names(part.raw)
             gen.save_lora(out_dir, {k: sd[n] for k, n in names.items()})
         else:
             from huggingface_hub import save_torch_state_dict
@@ -112,7 +112,7 @@ def _read_weights(host, name: str, part, in_dir: str, read_safetensors) -> Dict[
         sd = read_safetensors(os.path.join(in_dir, "pytorch_lora_weights.safetensors"))
         prefix = f"{gen.denoiser_name}."
         sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
-        names = _lora_names(gen, part.raw)
+        names = _lora_names(part.raw)
         missing = sorted(set(names) - set(sd))
         if missing or set(sd) - set(names):
             raise CheckpointError(f"LoRA weights in '{in_dir}' do not match this model (e.g. "

@@ -3,7 +3,7 @@ counter. :func:`build_parts` collects the policy and whatever the algorithm and 
 prepares each with accelerate (the policy first, so a run with only a policy is prepared exactly as before). Under
 accelerate's FSDP (version 2) each part is sharded by ``fully_shard`` in place: the module keeps its identity, its
 parameters become DTensor shards (``Part.params`` are the sharded ones), and checkpoints gather full state dicts
-(genalign/core/checkpoint.py)."""
+(genalign/core/fsdp.py)."""
 
 from __future__ import annotations
 
@@ -105,14 +105,14 @@ def check_distributed(acc, cfg, specs: Dict[str, PartSpec]) -> None:
                           f"part's ema_decay to 0, or train with DDP (configs/accelerate/multi_gpu.yaml)")
 
 
-def fsdp_wrap_classes(acc, module: torch.nn.Module, names) -> None:
+def fsdp_wrap_classes(acc, module: torch.nn.Module, configured) -> None:
     """FSDP2 shards each block of the classes the accelerate config names (``fsdp_transformer_layer_cls_to_wrap``)
     as its own unit; accelerate errs on a name the module lacks and keeps the first module's choice for later ones.
     Per part: the configured names this module has, else (None) the module's own ``_no_split_modules``."""
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     plugin = acc.state.fsdp_plugin
-    policy, names = names
+    policy, names = configured  # the plugin's (auto_wrap_policy, transformer_cls_names_to_wrap) before any prepare
     if policy is transformer_auto_wrap_policy or getattr(policy, "func", None) is transformer_auto_wrap_policy:
         policy = transformer_auto_wrap_policy
         present = {type(m).__name__ for m in module.modules()}
