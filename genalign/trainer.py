@@ -26,6 +26,7 @@ import torch
 from .config import Config, make_algorithm, save_config, to_dict
 from .core.checkpoint import Checkpointer, latest_checkpoint, list_checkpoints  # noqa: F401  (re-exported)
 from .core.checkpoint import previous_run_state, set_aside_previous_run
+from .core.fsdp import is_fsdp
 from .core.parts import build_parts, declared_parts
 from .core.phases import Batch, Phase
 from .core.planning import plan, train_steps_for
@@ -187,9 +188,10 @@ class Trainer:
         acc = self.accelerator
         x, prompts = self.gathered_samples(ro), gather_list(acc, ro.prompts)
         meta = gather_list(acc, ro.metadata) if ro.metadata else None
-        if not self.is_main:
+        if not self.is_main and not is_fsdp(acc):  # under FSDP a monitor's forward of a sharded part is collective
             return {}
-        return {f"monitor/{n}/{k}": v for r, n in rs for k, v in r.monitors(x, prompts, meta).items()}
+        out = {f"monitor/{n}/{k}": v for r, n in rs for k, v in r.monitors(x, prompts, meta).items()}
+        return out if self.is_main else {}
 
     def iterate(self, it: int) -> Dict[str, Any]:
         from .algorithms.advantages import aggregate_rewards

@@ -1,7 +1,8 @@
 """Checkpoints: every part's weights, optimiser, scheduler and EMA, the algorithm's and the learnable rewards'
 state, RNG and data position. ``checkpoints/checkpoint-N`` is written to a temporary folder and renamed into place
 once complete; the policy is written in diffusers' layout (a LoRA file ``pipe.load_lora_weights`` reads, or the
-denoiser folder of a full fine-tune), other parts as ``parts/<name>.safetensors``."""
+denoiser folder of a full fine-tune), other parts as ``parts/<name>.safetensors``. Under FSDP the same files are
+written from gathered full state dicts (genalign/core/fsdp.py)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,10 @@ class Checkpointer:
     """Save and load a trainer's state; registers accelerate's save/load hooks for the parts' weights."""
 
     def __init__(self, host):
+        from .fsdp import is_fsdp
+
         self.host = host
+        self.fsdp = is_fsdp(host.accelerator)
         host.accelerator.register_save_state_pre_hook(self._save_hook)
         host.accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -130,7 +134,12 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp, exist_ok=True)
         acc.wait_for_everyone()
-        acc.save_state(tmp, safe_serialization=True)
+        if self.fsdp:
+            from . import fsdp
+
+            fsdp.save(h, tmp)  # gathered full state dicts, the same files as below (genalign/core/fsdp.py)
+        else:
+            acc.save_state(tmp, safe_serialization=True)
         if h.is_main:
             state = {"iteration": h.iteration, "optimizer_step": h.parts["policy"].steps, "counters": h.counters,
                      "elapsed": h.elapsed, "first_eval": h.first_eval, "family": h.cfg.model.family,
@@ -173,7 +182,12 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({e})") from None
         check_checkpoint_files(path, len(h.parts))  # one line naming the file, before accelerate reads any
         try:
-            h.accelerator.load_state(path)
+            if self.fsdp:
+                from . import fsdp
+
+                fsdp.load(h, path, read_safetensors)
+            else:
+                h.accelerator.load_state(path)
         except GenalignError:
             raise
         except Exception as e:  # noqa: BLE001 - torch/accelerate raise many types for a damaged or foreign state

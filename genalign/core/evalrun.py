@@ -8,14 +8,18 @@ import os
 from typing import Dict
 
 from ..evaluation import eval_items, generate, media_kwargs, order_by_items, score_samples, summarize, write_evaluation
+from .fsdp import is_fsdp
 
 
 def evaluate_items(host, iteration: int) -> Dict[str, float]:
     cfg = host.cfg
     items = eval_items(host.eval_prompts, cfg.data.eval_seeds)
     mine = items[host.rank :: host.world]
-    local = generate(host.generator, [p for p, _ in mine], [s for _, s in mine], cfg.sampler,
-                     num_steps=cfg.sampler.eval_num_steps, batch_size=cfg.train.rollout_batch_size)
+    run = mine
+    if host.world > 1 and is_fsdp(host.accelerator):  # a sharded forward is a collective: every process samples
+        run = mine + [items[0]] * (-(-len(items) // host.world) - len(mine))  # as many items (extras dropped)
+    local = generate(host.generator, [p for p, _ in run], [s for _, s in run], cfg.sampler,
+                     num_steps=cfg.sampler.eval_num_steps, batch_size=cfg.train.rollout_batch_size)[:len(mine)]
     if host.world > 1:
         from accelerate.utils import gather_object
 

@@ -1,6 +1,9 @@
 """Named trained parts: the module, its trainable parameters, its optimiser and LR schedule, its EMA and its step
 counter. :func:`build_parts` collects the policy and whatever the algorithm and the learnable rewards declare, and
-prepares each with accelerate (the policy first, so a run with only a policy is prepared exactly as before)."""
+prepares each with accelerate (the policy first, so a run with only a policy is prepared exactly as before). Under
+accelerate's FSDP (version 2) each part is sharded by ``fully_shard`` in place: the module keeps its identity, its
+parameters become DTensor shards (``Part.params`` are the sharded ones), and checkpoints gather full state dicts
+(genalign/core/fsdp.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import ConfigError
+from .fsdp import is_fsdp
 from .phases import PartSpec
 
 
@@ -74,12 +78,58 @@ def declared_parts(algorithm, rewards, view) -> Dict[str, PartSpec]:
     return out
 
 
+def check_distributed(acc, cfg, specs: Dict[str, PartSpec]) -> None:
+    """Say when the launch asked for FSDP or DeepSpeed and accelerate gave something else (accelerate 1.16 enables
+    both only on GPU-like devices: on a CPU host it silently trains with DDP); refuse DeepSpeed, and what genalign
+    does not do under FSDP (EMA, FSDP version 1)."""
+    import os
+
+    for kind, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(env, "false").lower() == "true" and acc.distributed_type.name != kind and \
+                acc.is_main_process:
+            print(f"genalign: warning: the launch asked for {kind} but accelerate runs {acc.distributed_type.name} "
+                  f"on this host ({acc.device.type}); accelerate enables {kind} on GPU-like devices only", flush=True)
+    if acc.distributed_type.name == "DEEPSPEED":
+        raise ConfigError("genalign's trainer does not run under DeepSpeed: accelerate steps the DeepSpeed engine "
+                          "inside every backward() and keeps one engine, while genalign accumulates a phase's backward "
+                          "units and steps each trained part's own optimiser; shard with FSDP "
+                          "(configs/accelerate/fsdp.yaml) instead")
+    if not is_fsdp(acc):
+        return
+    if acc.state.fsdp_plugin.fsdp_version != 2:
+        raise ConfigError("genalign supports FSDP version 2 only (fully_shard); set 'fsdp_version: 2' in the "
+                          "accelerate config")
+    with_ema = [n for n, s in specs.items() if resolve_options(n, s, cfg)["ema_decay"] > 0]
+    if with_ema:
+        raise ConfigError(f"EMA is not supported under FSDP (part(s) {with_ema}); set train.ema.decay / the "
+                          f"part's ema_decay to 0, or train with DDP (configs/accelerate/multi_gpu.yaml)")
+
+
+def fsdp_wrap_classes(acc, module: torch.nn.Module, configured) -> None:
+    """FSDP2 shards each block of the classes the accelerate config names (``fsdp_transformer_layer_cls_to_wrap``)
+    as its own unit; accelerate errs on a name the module lacks and keeps the first module's choice for later ones.
+    Per part: the configured names this module has, else (None) the module's own ``_no_split_modules``."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = acc.state.fsdp_plugin
+    policy, names = configured  # the plugin's (auto_wrap_policy, transformer_cls_names_to_wrap) before any prepare
+    if policy is transformer_auto_wrap_policy or getattr(policy, "func", None) is transformer_auto_wrap_policy:
+        policy = transformer_auto_wrap_policy
+        present = {type(m).__name__ for m in module.modules()}
+        names = [n for n in names or [] if n in present] or None
+    plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = policy, names
+
+
 def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Part]:
     unknown = sorted(set(cfg.train.parts) - {"policy", *extra})
     if unknown:
         raise ConfigError(f"'train.parts' names unknown part(s) {unknown}; this run's parts: "
                           f"{', '.join(['policy', *sorted(extra)])}")
     specs = {"policy": PartSpec(generator.denoiser), **extra}
+    check_distributed(acc, cfg, specs)
+    fsdp = is_fsdp(acc)
+    wrap = (acc.state.fsdp_plugin.auto_wrap_policy, acc.state.fsdp_plugin.transformer_cls_names_to_wrap) if fsdp \
+        else None
     parts: Dict[str, Part] = {}
     for name, spec in specs.items():
         params = generator.trainable_parameters() if name == "policy" else \
@@ -93,7 +143,11 @@ def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Pa
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
         if name != "policy":
             spec.module.to(acc.device)
+        if fsdp:
+            fsdp_wrap_classes(acc, spec.module, wrap)
         module, opt, sched = acc.prepare(spec.module, opt, sched)
+        if fsdp:  # fully_shard replaced the parameters by sharded DTensors; the optimiser holds the new ones
+            params = [p for g in opt.param_groups for p in g["params"]]
         ema = None
         if o["ema_decay"] > 0:
             from ..ema import EMA
@@ -101,4 +155,7 @@ def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Pa
             every = cfg.train.ema.every if name == "policy" else 1
             ema = EMA(params if name != "policy" else generator.trainable_parameters(), o["ema_decay"], every)
         parts[name] = Part(name, module, spec.module, params, opt, sched, float(o["max_grad_norm"]), ema)
+    if fsdp and acc.is_main_process:
+        print(f"genalign: FSDP2 (fully_shard) shards {', '.join(parts)} over {acc.num_processes} processes",
+              flush=True)
     return parts

@@ -30,6 +30,15 @@ import torch
 from .seeding import torch_generator
 
 
+def check_probe(host) -> None:
+    from ..errors import ConfigError
+    from .fsdp import is_fsdp
+
+    if is_fsdp(host.accelerator):  # K gradients over sharded DTensors and their all-reduce are not implemented
+        raise ConfigError("multi-objective steps (owner.objectives > 1, e.g. MARBLE) are not supported under "
+                          "FSDP; train with DDP (configs/accelerate/multi_gpu.yaml)")
+
+
 class Stepper:
     def __init__(self, host):
         self.host = host
@@ -69,6 +78,7 @@ class Stepper:
                     p.optimizer.zero_grad(set_to_none=True)  # score while the generator stepped) are not ours
                 K = owner.objectives(view) if hasattr(owner, "objectives") else 1
                 if K > 1:
+                    check_probe(host)
                     nonfinite = self.probe(owner, view, batch, mbs, parts, K, stats, losses)
                 else:
                     nonfinite = self.accumulate_pass(owner, view, batch, mbs, parts, stats, losses)
