@@ -15,6 +15,10 @@
   prompt (initialised to zero, so the head starts as the plain MLP). Needs per-prompt references (a ``.jsonl``):
   the prompts are its classes, a reference carries its sample's prompt, so D learns "a real y" vs "a generation
   for y" and a generation that drifts to another digit loses reward. The hinge loss and the reward are unchanged.
+  ``ref_pool: all`` (with per-prompt references; not in the reference) draws every sample's references from the
+  union of all prompts' sets, each reference labelled with its own prompt: the class-free part ψ then sees the
+  pooled reference distribution (as with an image folder), the projection ⟨e_y, φ⟩ still ties a reference to its
+  prompt. ``prompt`` (default): from the sample's prompt's set.
 * **The reference's feature-normalisation quirk** (``feature_norm``): the reference code trains D on the
   *un-normalised* tokens but rewards with L2-normalised ones (``x / (‖x‖ + 1e-6)``), so the reward evaluates D
   off the distribution it was trained on. ``feature_norm: reference`` (default) reproduces that;
@@ -68,11 +72,12 @@ from ..errors import ConfigError, GenalignError
 from ..registry import REWARDS
 from . import stats
 from .base import LearnableReward
-from .token_encoders import References, build_token_encoder
+from .token_encoders import References, _pick, build_token_encoder
 
 FEATURE_NORMS = ("reference", "normalized", "raw")
 UPDATE_WHEN = ("always", "refs_below_gens")
 HEADS = ("mlp", "projection")
+REF_POOLS = ("prompt", "all")
 PART = "discriminator"
 _SCORE, _TRAIN, _DECIDE, _HEAD, _MONITOR = 11, 12, 13, 14, 15  # seed streams
 
@@ -236,6 +241,8 @@ class AdversarialReward(ScheduledReward):
         num_patches: patch tokens per image (64). cls_weight: w (0.7). patch_loss_weight: λ (0.3).
         hidden: head width (512). feature_norm: reference | normalized | raw (see the module docstring).
         head: ``mlp`` (the reference) or ``projection`` (prompt-conditioned; needs per-prompt references).
+        ref_pool: ``prompt`` (a sample's references from its prompt's set) or ``all`` (from every prompt's set,
+            labelled with their own prompts; per-prompt references only; metadata ``references`` are not used).
         lr, betas, weight_decay, max_grad_norm: the part's optimiser defaults (Adam, 1e-4, (0.5, 0.999), 0, none).
         disc_steps_per_gen: k discriminator-only iterations per generator iteration (reference 9; 0 = together).
         disc_on_gen_iterations: also step D on the generator's iterations (k > 0 only).
@@ -253,12 +260,14 @@ class AdversarialReward(ScheduledReward):
                  feature_norm: str = "reference", lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, disc_steps_per_gen: int = 9,
                  disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0,
-                 monitor: bool = True, head: str = "mlp"):
+                 monitor: bool = True, head: str = "mlp", ref_pool: str = "prompt"):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
         if head not in HEADS:
             raise _bad("head", head, HEADS)
+        if ref_pool not in REF_POOLS:
+            raise _bad("ref_pool", ref_pool, REF_POOLS)
         self._init_schedule(disc_steps_per_gen, disc_on_gen_iterations, update_when)
         for name, v, lo in (("num_patches", num_patches, 1), ("refs_per_sample", refs_per_sample, 1),
                             ("hidden", hidden, 1)):
@@ -277,8 +286,13 @@ class AdversarialReward(ScheduledReward):
         if head == "projection" and self.references.kind != "per_prompt":
             raise ConfigError(f"reward 'adversarial': head 'projection' needs per-prompt references (a .jsonl of "
                               f"{{prompt, references}}), got reference '{reference}' ({self.references.kind})")
+        if ref_pool == "all" and self.references.kind != "per_prompt":
+            raise ConfigError(f"reward 'adversarial': ref_pool 'all' needs per-prompt references (a .jsonl of "
+                              f"{{prompt, references}}), got reference '{reference}' ({self.references.kind})")
         # the projection head's classes: the prompts of the reference file, in file order
         self.classes = {p: i for i, p in enumerate(self.references.by_prompt)} if head == "projection" else None
+        # ref_pool 'all': every reference with its prompt
+        self._pool = [(f, p) for p, fs in self.references.by_prompt.items() for f in fs] if ref_pool == "all" else None
         self.refs_per_sample, self.num_patches, self.hidden = int(refs_per_sample), int(num_patches), int(hidden)
         self.cls_weight, self.patch_loss_weight = float(cls_weight), float(patch_loss_weight)
         self.train_norm = feature_norm == "normalized"
@@ -358,8 +372,8 @@ class AdversarialReward(ScheduledReward):
         r = self._reward(cls, patches, gens, y)
         if self.update_when == "refs_below_gens":
             g = torch_generator(self.seed, self.iteration, _DECIDE)  # the same on every process
-            rc, rp = self.references.tokens_of(self.references.pick_all(g, self.refs_per_sample, prompts, metadata))
-            ry = None if y is None else y.repeat_interleave(self.refs_per_sample)
+            keys, ry, _ = self._pick_refs(g, prompts, metadata)
+            rc, rp = self.references.tokens_of(keys)
             self._last = (float(self._reward(rc, rp, g, ry).double().mean()), float(r.double().mean()))
         return r.cpu()
 
@@ -370,21 +384,30 @@ class AdversarialReward(ScheduledReward):
         gens = self._sample_generators(view, ro, idx)
         meta = [ro.metadata[i] for i in idx] if getattr(ro, "metadata", None) else None
         prompts = [ro.prompts[i] for i in idx]
-        keys = self.references.pick_all(gens, self.refs_per_sample, prompts, meta)
+        keys, *ys = self._pick_refs(gens, prompts, meta)
         ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]  # a reference's patches: its sample's
         ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(ro.samples[idx])
-        ys = self._ref_gen_labels(prompts)
         loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, view.device,
                                             *ys)
         out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens, *ys))
         self._record(view, out.pop("_r_ref"), out.pop("_r_gen"))
         yield loss, out
 
-    def _ref_gen_labels(self, prompts: Sequence[str]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(references' labels, generations' labels): a reference carries its sample's prompt."""
+    def _pick_refs(self, generators, prompts: Sequence[str], metadata=None):
+        """(reference keys, their labels, the samples' labels): ``refs_per_sample`` references per sample, drawn
+        with its generator (or one shared); a reference's label is its sample's prompt's, or with ``ref_pool:
+        all`` its own prompt's (labels are None with the plain head)."""
         y = self.labels(prompts)
-        return (None, None) if y is None else (y.repeat_interleave(self.refs_per_sample), y)
+        if self._pool is None:
+            keys = self.references.pick_all(generators, self.refs_per_sample, prompts, metadata)
+            return keys, None if y is None else y.repeat_interleave(self.refs_per_sample), y
+        picked = []
+        for i in range(len(prompts)):
+            g = generators[i] if isinstance(generators, (list, tuple)) else generators
+            picked += [self._pool[j] for j in _pick(g, len(self._pool), self.refs_per_sample).tolist()]
+        keys = [f for f, _ in picked]
+        return keys, None if y is None else self.labels([p for _, p in picked]), y
 
     def discriminator_loss(self, head: nn.Module, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator,
                            device=None, ref_y: Optional[torch.Tensor] = None,
@@ -432,11 +455,10 @@ class AdversarialReward(ScheduledReward):
                  metadata: Optional[Sequence[dict]] = None) -> Dict[str, float]:
         """Accuracy, reward gap and FD of ``samples`` against ``refs_per_sample`` references each (seeded draws)."""
         gens = [torch_generator(self.seed, self.iteration, _MONITOR, content_seed(x)) for x in samples]
-        keys = self.references.pick_all(gens, self.refs_per_sample, prompts, metadata)
+        keys, *ys = self._pick_refs(gens, prompts, metadata)
         ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]
         ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(samples)
-        ys = self._ref_gen_labels(prompts)
         _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, None, *ys)
         out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens, *ys))
         return {k: v for k, v in out.items() if not k.startswith("_")}

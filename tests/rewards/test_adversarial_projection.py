@@ -151,3 +151,27 @@ def test_toy_per_prompt_reference_file_matches_the_digits():
     for prompt, pool in per.by_prompt.items():
         p = r(per.images_of(pool), [prompt] * len(pool))
         assert float(p.mean()) > 0.5, prompt
+
+
+def test_ref_pool_all_draws_every_prompts_references_with_their_own_labels(tmp_path):
+    a_c, b_c = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    a_p, b_p = torch.tensor([[[1.0, 0.0]] * 4]), torch.tensor([[[0.0, 1.0]] * 4])
+    refs = per_prompt_refs(tmp_path, {"A": (a_c, a_p), "B": (b_c, b_p)})
+    kw = dict(encoder=Pixel2(), reference=refs, hidden=4, num_patches=2, feature_norm="raw", head="projection",
+              refs_per_sample=6)
+    own = AdversarialReward(**kw)
+    keys, ref_y, gen_y = own._pick_refs(torch.Generator().manual_seed(0), ["A", "A"])
+    assert all(k.endswith("p0_0.png") for k in keys) and ref_y.tolist() == [0] * 12 and gen_y.tolist() == [0, 0]
+    pooled = AdversarialReward(**kw, ref_pool="all")
+    keys, ref_y, gen_y = pooled._pick_refs([torch.Generator().manual_seed(i) for i in range(2)], ["A", "A"])
+    assert gen_y.tolist() == [0, 0] and len(keys) == 12
+    # two references, each sample's 6 draws are 3 permutations of both: every reference carries its own prompt
+    assert sorted(os.path.basename(k) for k in keys) == ["p0_0.png"] * 6 + ["p1_0.png"] * 6
+    assert ref_y.tolist() == [0 if k.endswith("p0_0.png") else 1 for k in keys]
+    c, _ = pooled.references.tokens_of(keys)  # the tokens agree with the labels
+    assert torch.equal(c[:, 1] == 1, ref_y == 1)
+    with pytest.raises(ConfigError, match="ref_pool 'all' needs per-prompt references") as e:
+        build_reward("adversarial", {"encoder": "digits", "reference": THICK, "ref_pool": "all"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="ref_pool is 'x'; valid choices: prompt, all"):
+        build_reward("adversarial", {"encoder": "digits", "reference": THICK, "ref_pool": "x"})
