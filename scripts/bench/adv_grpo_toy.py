@@ -10,6 +10,8 @@
     # several training seeds: train PREFIX_s0, PREFIX_s1, ... then report every run and mean ± spread per group
     python scripts/bench/adv_grpo_toy.py train configs/toy/adv_grpo_only.yaml --out runs/b/proj --seeds 0 1 2
     python scripts/bench/adv_grpo_toy.py seeds runs/b/proj runs/b/other --at 25 50 75 --split val
+    # validation early stop: per run the checkpoint picked on val, then reported on held-out
+    python scripts/bench/adv_grpo_toy.py earlystop runs/b/proj --margin 0.03
 
 Splits of the sample seeds (the training prompts are the eval prompts, so the splits are over noise seeds):
 ``heldout`` = 1000.. (32 per prompt, the protocol, for reporting only), ``val`` = 2000.. (32 per prompt, for
@@ -97,7 +99,8 @@ def seed_groups(prefixes, at, n_seeds, split):
     print("|---|---|---|---|---|---|---|---|")
     summary = []
     for prefix in prefixes:
-        runs = sorted(glob.glob(f"{prefix}_s[0-9]*"), key=lambda r: int(r.rsplit("_s", 1)[1]))
+        runs = [r for r in glob.glob(f"{prefix}_s[0-9]*") if os.path.isdir(r) and r.rsplit("_s", 1)[1].isdigit()]
+        runs.sort(key=lambda r: int(r.rsplit("_s", 1)[1]))
         if not runs:
             sys.exit(f"no runs {prefix}_s<k>")
         per_ck = {}
@@ -131,6 +134,65 @@ def seed_groups(prefixes, at, n_seeds, split):
                "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]", "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]"]
         print(f"| {name} | {it} | {len(rows)} | " + " | ".join(f.format(*c) for f, c in zip(fmt, cols))
               + f" | {sum(r[5] for r in rows)}/{len(rows)} |")
+
+
+def early_stop(prefixes, n_seeds, margin):
+    """Validation early stop, per run: of every checkpoint of PREFIX_s<k>, evaluated on the ``val`` split, keep
+    those with Δ correctness ≥ −``margin`` (to the base on val) and pick the lowest FD to refs; only that checkpoint
+    is then evaluated on the held-out split. Prints the picks and, per group, mean ± sd [min, max] on held-out."""
+    import glob
+
+    from genalign.config import load_config
+    from genalign.trainer import list_checkpoints
+
+    print(f"rule: per run, lowest val FD to refs among checkpoints with val Δ correctness ≥ −{margin}; "
+          f"reported on held-out (sample seeds 1000..{1000 + n_seeds - 1})")
+    print("| group | training seed | picked (val) | val correctness Δ | val FD to refs Δ % | held-out correctness (Δ) | "
+          "held-out FD to refs (Δ %) | held-out FD to real (× base) | thick share | clause 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    groups = []
+    for prefix in prefixes:
+        runs = [r for r in glob.glob(f"{prefix}_s[0-9]*") if os.path.isdir(r) and r.rsplit("_s", 1)[1].isdigit()]
+        runs.sort(key=lambda r: int(r.rsplit("_s", 1)[1]))
+        rows = []
+        for run in runs:
+            cfg = load_config(os.path.join(run, "config.yaml"))
+            root = os.path.dirname(os.path.abspath(run))
+            bv = _cached_eval(cfg, None, None, n_seeds, "val", root)
+            bh = _cached_eval(cfg, None, None, n_seeds, "heldout", root)
+            best = None
+            for ck in list_checkpoints(run):
+                m = _cached_eval(cfg, run, ck, n_seeds, "val", run)
+                dc, dfd = m["correctness"] - bv["correctness"], 100 * (m["fd_exemplar"] / bv["fd_exemplar"] - 1)
+                if dc >= -margin and (best is None or dfd < best[2]):
+                    best = (ck, dc, dfd)
+            if best is None:
+                print(f"| {os.path.basename(prefix)} | {run.rsplit('_s', 1)[1]} | none passes | | | | | | | no |")
+                rows.append(None)
+                continue
+            m = _cached_eval(cfg, run, best[0], n_seeds, "heldout", run)
+            dc, dfd = m["correctness"] - bh["correctness"], 100 * (m["fd_exemplar"] / bh["fd_exemplar"] - 1)
+            ok = dc >= -0.05 and dfd <= -40
+            rows.append((m["correctness"], dc, dfd, m["fd"] / bh["fd"], m["thick_share"], ok))
+            print(f"| {os.path.basename(prefix)} | {run.rsplit('_s', 1)[1]} | {os.path.basename(best[0])} | "
+                  f"{best[1]:+.3f} | {best[2]:+.0f} % | {m['correctness']:.3f} ({dc:+.3f}) | {m['fd_exemplar']:.1f} "
+                  f"({dfd:+.0f} %) | {m['fd']:.1f} ({m['fd'] / bh['fd']:.2f}×) | {m['thick_share']:.2f} | "
+                  f"{'yes' if ok else 'no'} |", flush=True)
+        groups.append((os.path.basename(prefix), rows))
+    print("\nheld-out, mean ± sd [min, max] over training seeds at the val-picked checkpoints")
+    print("| group | seeds | correctness | Δ correctness | FD to refs Δ % | FD to real × base | thick share | "
+          "seeds meeting clause 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in groups:
+        ok = [r for r in rows if r is not None]
+        if not ok:
+            continue
+        cols = [_spread([r[j] for r in ok]) for j in range(5)]
+        fmt = ["{:.3f} ± {:.3f} [{:.3f}, {:.3f}]", "{:+.3f} ± {:.3f} [{:+.3f}, {:+.3f}]",
+               "{:+.0f} ± {:.0f} [{:+.0f}, {:+.0f}]", "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]",
+               "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]"]
+        print(f"| {name} | {len(ok)} of {len(rows)} | " + " | ".join(f.format(*c) for f, c in zip(fmt, cols))
+              + f" | {sum(r[5] for r in ok)}/{len(rows)} |")
 
 
 def _ckpt(run, name):
@@ -204,6 +266,10 @@ def main():
     e.add_argument("runs", nargs="+")
     e.add_argument("--at", type=int, nargs="*", default=[], help="checkpoint iterations (default: all)")
     e.add_argument("--seeds", type=int, default=32)
+    es = sub.add_parser("earlystop", help="per run: checkpoint picked on val, reported on held-out")
+    es.add_argument("prefixes", nargs="+")
+    es.add_argument("--seeds", type=int, default=32, help="sample seeds per prompt")
+    es.add_argument("--margin", type=float, default=0.03, help="val Δ correctness ≥ −margin to be eligible")
     g = sub.add_parser("grid")
     g.add_argument("run")
     g.add_argument("checkpoint", help="checkpoint-N, or 'base'")
@@ -221,6 +287,8 @@ def main():
             train(args.config, f"{args.out}_s{sd}", [*extra, f"train.seed={sd}"])
     elif args.cmd == "train":
         train(args.config, args.out, extra)
+    elif args.cmd == "earlystop":
+        early_stop(args.prefixes, args.seeds, args.margin)
     elif args.cmd == "seeds":
         seed_groups(args.prefixes, set(args.at), args.seeds, args.split)
     elif args.cmd == "eval":
