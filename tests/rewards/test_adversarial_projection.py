@@ -175,3 +175,19 @@ def test_ref_pool_all_draws_every_prompts_references_with_their_own_labels(tmp_p
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="ref_pool is 'x'; valid choices: prompt, all"):
         build_reward("adversarial", {"encoder": "digits", "reference": THICK, "ref_pool": "x"})
+
+
+def test_toy_recipes_projection_and_early_stop_build(monkeypatch):
+    from genalign.config import load_config
+    from genalign.rewards.base import build_rewards
+    from genalign.toy.data import make_prompt
+
+    monkeypatch.chdir(REPO)
+    only = load_config("configs/toy/adv_grpo_only.yaml")
+    assert only.train.save_every == 5 and only.algorithm.args["beta"] == 1.0 and len(only.rewards) == 1
+    proj = load_config("configs/toy/adv_grpo_projection.yaml")
+    adv, = build_rewards(proj.rewards)
+    assert isinstance(adv.parts()["discriminator"].module, ProjectionHead)
+    assert adv.classes == {make_prompt(d): d for d in range(10)} and len(adv._pool) == 117
+    s = adv(torch.rand(2, 3, 16, 16), [make_prompt(3), make_prompt(7)])
+    assert torch.isfinite(s).all()
