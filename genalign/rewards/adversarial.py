@@ -9,6 +9,16 @@
 * Hinge loss, references positive, current generations negative (``patch_loss_weight`` λ = 0.3):
   ``L_D = ½[E relu(1 − D(c_ref)) + E relu(1 + D(c_gen))] + λ·½[E relu(1 − D(p_ref)) + E relu(1 + D(p_gen))]``.
 * Reward ``R = w·D(ĉ) + (1 − w)·mean_j D(p̂_j)`` with ``cls_weight`` w = 0.7.
+* ``head: projection`` (not in the reference; a named option): a prompt-conditioned head, the projection
+  discriminator of Miyato & Koyama (arXiv 1802.05637, eq. 3): ``D(x, y) = ψ(φ(x)) + ⟨e_y, φ(x)⟩`` with
+  φ(x) = GELU(W₁x + b₁) the MLP's hidden layer, ψ its output layer and e_y a learned embedding of the sample's
+  prompt (initialised to zero, so the head starts as the plain MLP). Needs per-prompt references (a ``.jsonl``):
+  the prompts are its classes, a reference carries its sample's prompt, so D learns "a real y" vs "a generation
+  for y" and a generation that drifts to another digit loses reward. The hinge loss and the reward are unchanged.
+  ``ref_pool: all`` (with per-prompt references; not in the reference) draws every sample's references from the
+  union of all prompts' sets, each reference labelled with its own prompt: the class-free part ψ then sees the
+  pooled reference distribution (as with an image folder), the projection ⟨e_y, φ⟩ still ties a reference to its
+  prompt. ``prompt`` (default): from the sample's prompt's set.
 * **The reference's feature-normalisation quirk** (``feature_norm``): the reference code trains D on the
   *un-normalised* tokens but rewards with L2-normalised ones (``x / (‖x‖ + 1e-6)``), so the reward evaluates D
   off the distribution it was trained on. ``feature_norm: reference`` (default) reproduces that;
@@ -58,14 +68,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.seeding import derive_seed, torch_generator
-from ..errors import ConfigError
+from ..errors import ConfigError, GenalignError
 from ..registry import REWARDS
 from . import stats
 from .base import LearnableReward
-from .token_encoders import References, build_token_encoder
+from .token_encoders import References, _pick, build_token_encoder
 
 FEATURE_NORMS = ("reference", "normalized", "raw")
 UPDATE_WHEN = ("always", "refs_below_gens")
+HEADS = ("mlp", "projection")
+REF_POOLS = ("prompt", "all")
 PART = "discriminator"
 _SCORE, _TRAIN, _DECIDE, _HEAD, _MONITOR = 11, 12, 13, 14, 15  # seed streams
 
@@ -79,6 +91,21 @@ class DiscriminatorHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
+
+
+class ProjectionHead(DiscriminatorHead):
+    """``D(x, y) = ψ(φ(x)) + ⟨e_y, φ(x)⟩`` (projection discriminator, arXiv 1802.05637 eq. 3): φ = the MLP's
+    hidden layer + GELU, ψ = its output layer, e = an (num_classes, hidden) embedding initialised to zero.
+    x (..., dim), y (...) class indices -> (...)."""
+
+    def __init__(self, dim: int, hidden: int, num_classes: int):
+        super().__init__(dim, hidden)
+        self.embed = nn.Embedding(num_classes, hidden)
+        nn.init.zeros_(self.embed.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.net[1](self.net[0](x))
+        return self.net[2](h).squeeze(-1) + (self.embed(y) * h).sum(-1)
 
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -213,6 +240,9 @@ class AdversarialReward(ScheduledReward):
             metadata's ``references``, else its prompt's set, else the whole reference set.
         num_patches: patch tokens per image (64). cls_weight: w (0.7). patch_loss_weight: λ (0.3).
         hidden: head width (512). feature_norm: reference | normalized | raw (see the module docstring).
+        head: ``mlp`` (the reference) or ``projection`` (prompt-conditioned; needs per-prompt references).
+        ref_pool: ``prompt`` (a sample's references from its prompt's set) or ``all`` (from every prompt's set,
+            labelled with their own prompts; per-prompt references only; metadata ``references`` are not used).
         lr, betas, weight_decay, max_grad_norm: the part's optimiser defaults (Adam, 1e-4, (0.5, 0.999), 0, none).
         disc_steps_per_gen: k discriminator-only iterations per generator iteration (reference 9; 0 = together).
         disc_on_gen_iterations: also step D on the generator's iterations (k > 0 only).
@@ -230,10 +260,14 @@ class AdversarialReward(ScheduledReward):
                  feature_norm: str = "reference", lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, disc_steps_per_gen: int = 9,
                  disc_on_gen_iterations: bool = False, update_when: str = "always", seed: int = 0,
-                 monitor: bool = True):
+                 monitor: bool = True, head: str = "mlp", ref_pool: str = "prompt"):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise _bad("feature_norm", feature_norm, FEATURE_NORMS)
+        if head not in HEADS:
+            raise _bad("head", head, HEADS)
+        if ref_pool not in REF_POOLS:
+            raise _bad("ref_pool", ref_pool, REF_POOLS)
         self._init_schedule(disc_steps_per_gen, disc_on_gen_iterations, update_when)
         for name, v, lo in (("num_patches", num_patches, 1), ("refs_per_sample", refs_per_sample, 1),
                             ("hidden", hidden, 1)):
@@ -249,6 +283,16 @@ class AdversarialReward(ScheduledReward):
         if not self.references.has_patches and (cls_weight < 1 or patch_loss_weight > 0):
             raise ConfigError(f"reward 'adversarial': reference file '{reference}' has no 'patches' tensor; write one "
                               f"with save_reference_tokens, or set cls_weight: 1 and patch_loss_weight: 0")
+        if head == "projection" and self.references.kind != "per_prompt":
+            raise ConfigError(f"reward 'adversarial': head 'projection' needs per-prompt references (a .jsonl of "
+                              f"{{prompt, references}}), got reference '{reference}' ({self.references.kind})")
+        if ref_pool == "all" and self.references.kind != "per_prompt":
+            raise ConfigError(f"reward 'adversarial': ref_pool 'all' needs per-prompt references (a .jsonl of "
+                              f"{{prompt, references}}), got reference '{reference}' ({self.references.kind})")
+        # the projection head's classes: the prompts of the reference file, in file order
+        self.classes = {p: i for i, p in enumerate(self.references.by_prompt)} if head == "projection" else None
+        # ref_pool 'all': every reference with its prompt
+        self._pool = [(f, p) for p, fs in self.references.by_prompt.items() for f in fs] if ref_pool == "all" else None
         self.refs_per_sample, self.num_patches, self.hidden = int(refs_per_sample), int(num_patches), int(hidden)
         self.cls_weight, self.patch_loss_weight = float(cls_weight), float(patch_loss_weight)
         self.train_norm = feature_norm == "normalized"
@@ -274,7 +318,8 @@ class AdversarialReward(ScheduledReward):
                 dim = int(self.encoder.tokens(torch.full((1, 3, 32, 32), 0.5))[0].shape[1])
             with torch.random.fork_rng(devices=[]):  # the same initial head on every process and every run
                 torch.manual_seed(derive_seed(self.seed, _HEAD))
-                self.head = DiscriminatorHead(dim, self.hidden)
+                self.head = DiscriminatorHead(dim, self.hidden) if self.classes is None else \
+                    ProjectionHead(dim, self.hidden, len(self.classes))
             self.head.to(self.device)
         return self.head
 
@@ -289,25 +334,47 @@ class AdversarialReward(ScheduledReward):
     def _prep(self, x: torch.Tensor, normalise: bool) -> torch.Tensor:
         return l2_normalise(x) if normalise else x
 
+    def labels(self, prompts: Sequence[str]) -> Optional[torch.Tensor]:
+        """The projection head's class index of every prompt (None with the plain MLP head)."""
+        if self.classes is None:
+            return None
+        missing = [p for p in prompts if p not in self.classes]
+        if missing:
+            raise GenalignError(f"reward 'adversarial' (head: projection): prompt '{str(missing[0])[:60]}' has no "
+                                f"reference set; the per-prompt reference file has {len(self.classes)} prompts")
+        return torch.tensor([self.classes[p] for p in prompts], dtype=torch.long)
+
+    @staticmethod
+    def _apply(head: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+        """``head(x)``, or ``head(x, y)`` with y broadcast over x's token axes (projection head)."""
+        if y is None:
+            return head(x)
+        y = y.to(x.device)
+        return head(x, y.view(*y.shape, *([1] * (x.dim() - 1 - y.dim()))).expand(x.shape[:-1]))
+
     @torch.no_grad()
-    def _reward(self, cls: torch.Tensor, patches: Optional[torch.Tensor], generator) -> torch.Tensor:
-        """R for tokens (B, D), (B, P, D) under the reward convention, with the unwrapped head."""
+    def _reward(self, cls: torch.Tensor, patches: Optional[torch.Tensor], generator,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """R for tokens (B, D), (B, P, D) (and class indices (B,) with the projection head) under the reward
+        convention, with the unwrapped head."""
         head = self._ensure_head()
         dev = next(head.parameters()).device
-        c = head(self._prep(cls.to(dev), self.reward_norm))
+        c = self._apply(head, self._prep(cls.to(dev), self.reward_norm), y)
         if patches is None:  # class-token-only references (cls_weight is 1, checked at construction)
             return c.float()
         p = self._prep(sample_patches(patches.to(dev), self.num_patches, generator), self.reward_norm)
-        return combine_scores(c, head(p), self.cls_weight).float()
+        return combine_scores(c, self._apply(head, p, y), self.cls_weight).float()
 
     def score(self, samples, prompts, metadata):
         cls, patches = self.encoder.tokens(samples)
         gens = [torch_generator(self.seed, self.iteration, _SCORE, content_seed(x)) for x in samples]
-        r = self._reward(cls, patches, gens)
+        y = self.labels(prompts)
+        r = self._reward(cls, patches, gens, y)
         if self.update_when == "refs_below_gens":
             g = torch_generator(self.seed, self.iteration, _DECIDE)  # the same on every process
-            rc, rp = self.references.tokens_of(self.references.pick_all(g, self.refs_per_sample, prompts, metadata))
-            self._last = (float(self._reward(rc, rp, g).double().mean()), float(r.double().mean()))
+            keys, ry, _ = self._pick_refs(g, prompts, metadata)
+            rc, rp = self.references.tokens_of(keys)
+            self._last = (float(self._reward(rc, rp, g, ry).double().mean()), float(r.double().mean()))
         return r.cpu()
 
     # ------------------------------------------------------------------------------------------ training
@@ -316,20 +383,38 @@ class AdversarialReward(ScheduledReward):
         idx = torch.as_tensor(items, dtype=torch.long).flatten().tolist()
         gens = self._sample_generators(view, ro, idx)
         meta = [ro.metadata[i] for i in idx] if getattr(ro, "metadata", None) else None
-        keys = self.references.pick_all(gens, self.refs_per_sample, [ro.prompts[i] for i in idx], meta)
+        prompts = [ro.prompts[i] for i in idx]
+        keys, *ys = self._pick_refs(gens, prompts, meta)
         ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]  # a reference's patches: its sample's
         ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(ro.samples[idx])
-        loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, view.device)
-        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens))
+        loss, out = self.discriminator_loss(view.module(PART), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, view.device,
+                                            *ys)
+        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens, *ys))
         self._record(view, out.pop("_r_ref"), out.pop("_r_gen"))
         yield loss, out
 
+    def _pick_refs(self, generators, prompts: Sequence[str], metadata=None):
+        """(reference keys, their labels, the samples' labels): ``refs_per_sample`` references per sample, drawn
+        with its generator (or one shared); a reference's label is its sample's prompt's, or with ``ref_pool:
+        all`` its own prompt's (labels are None with the plain head)."""
+        y = self.labels(prompts)
+        if self._pool is None:
+            keys = self.references.pick_all(generators, self.refs_per_sample, prompts, metadata)
+            return keys, None if y is None else y.repeat_interleave(self.refs_per_sample), y
+        picked = []
+        for i in range(len(prompts)):
+            g = generators[i] if isinstance(generators, (list, tuple)) else generators
+            picked += [self._pool[j] for j in _pick(g, len(self._pool), self.refs_per_sample).tolist()]
+        keys = [f for f, _ in picked]
+        return keys, None if y is None else self.labels([p for _, p in picked]), y
+
     def discriminator_loss(self, head: nn.Module, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator,
-                           device=None) -> Tuple[torch.Tensor, Dict[str, float]]:
+                           device=None, ref_y: Optional[torch.Tensor] = None,
+                           gen_y: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The hinge loss of ``head`` on one reference batch and one generation batch (tokens), with the patch
         draws from the generators (see :func:`sample_patches`); one forward through ``head`` (so distributed hooks
-        fire once)."""
+        fire once). ``ref_y``/``gen_y``: class indices for the projection head."""
         device = device if device is not None else next(head.parameters()).device
         use_patches = self.patch_loss_weight > 0 and ref_p is not None
         rows = [ref_c, gen_c]
@@ -337,7 +422,13 @@ class AdversarialReward(ScheduledReward):
             rows += [sample_patches(ref_p, self.num_patches, ref_generator).flatten(0, 1),
                      sample_patches(gen_p, self.num_patches, gen_generator).flatten(0, 1)]
         sizes = [r.shape[0] for r in rows]
-        d = head(self._prep(torch.cat(rows).to(device).float(), self.train_norm))
+        y = None
+        if ref_y is not None:
+            ys = [ref_y, gen_y] + ([ref_y.repeat_interleave(rows[2].shape[0] // max(len(ref_y), 1)),
+                                    gen_y.repeat_interleave(rows[3].shape[0] // max(len(gen_y), 1))]
+                                   if use_patches else [])
+            y = torch.cat(ys)
+        d = self._apply(head, self._prep(torch.cat(rows).to(device).float(), self.train_norm), y)
         parts = torch.split(d, sizes)
         loss = hinge_loss(parts[0], parts[1], *(parts[2:] if use_patches else (None, None)),
                           patch_weight=self.patch_loss_weight if use_patches else 0.0)
@@ -348,9 +439,10 @@ class AdversarialReward(ScheduledReward):
                       "disc/acc": (acc_ref * n_r + acc_gen * n_g) / (n_r + n_g)}
 
     @torch.no_grad()
-    def _monitor(self, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator) -> Dict[str, float]:
-        r_ref = self._reward(ref_c, ref_p, ref_generator)
-        r_gen = self._reward(gen_c, gen_p if ref_p is not None else None, gen_generator)
+    def _monitor(self, ref_c, ref_p, gen_c, gen_p, ref_generator, gen_generator, ref_y=None,
+                 gen_y=None) -> Dict[str, float]:
+        r_ref = self._reward(ref_c, ref_p, ref_generator, ref_y)
+        r_gen = self._reward(gen_c, gen_p if ref_p is not None else None, gen_generator, gen_y)
         out = {"disc/reward_gap": float(r_ref.mean() - r_gen.mean()), "disc/reward_ref": float(r_ref.mean()),
                "disc/reward_gen": float(r_gen.mean()),
                "_r_ref": r_ref, "_r_gen": r_gen}
@@ -363,10 +455,10 @@ class AdversarialReward(ScheduledReward):
                  metadata: Optional[Sequence[dict]] = None) -> Dict[str, float]:
         """Accuracy, reward gap and FD of ``samples`` against ``refs_per_sample`` references each (seeded draws)."""
         gens = [torch_generator(self.seed, self.iteration, _MONITOR, content_seed(x)) for x in samples]
-        keys = self.references.pick_all(gens, self.refs_per_sample, prompts, metadata)
+        keys, *ys = self._pick_refs(gens, prompts, metadata)
         ref_gens = [g for g in gens for _ in range(self.refs_per_sample)]
         ref_c, ref_p = self.references.tokens_of(keys)
         gen_c, gen_p = self.encoder.tokens(samples)
-        _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, ref_gens, gens)
-        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens))
+        _, out = self.discriminator_loss(self._ensure_head(), ref_c, ref_p, gen_c, gen_p, ref_gens, gens, None, *ys)
+        out.update(self._monitor(ref_c, ref_p, gen_c, gen_p, ref_gens, gens, *ys))
         return {k: v for k, v in out.items() if not k.startswith("_")}

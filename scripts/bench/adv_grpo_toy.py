@@ -7,6 +7,15 @@
     python scripts/bench/adv_grpo_toy.py eval runs/bench_adv/adv runs/bench_adv/ink --at 100 200
     # held-out grid (eval prompts × the first 8 held-out seeds) of a checkpoint ('base' for the base model)
     python scripts/bench/adv_grpo_toy.py grid runs/bench_adv/adv checkpoint-200 out.png
+    # several training seeds: train PREFIX_s0, PREFIX_s1, ... then report every run and mean ± spread per group
+    python scripts/bench/adv_grpo_toy.py train configs/toy/adv_grpo_only.yaml --out runs/b/proj --seeds 0 1 2
+    python scripts/bench/adv_grpo_toy.py seeds runs/b/proj runs/b/other --at 25 50 75 --split val
+    # validation early stop: per run the checkpoint picked on val, then reported on held-out
+    python scripts/bench/adv_grpo_toy.py earlystop runs/b/proj --margin 0.03
+
+Splits of the sample seeds (the training prompts are the eval prompts, so the splits are over noise seeds):
+``heldout`` = 1000.. (32 per prompt, the protocol, for reporting only), ``val`` = 2000.. (32 per prompt, for
+choosing settings and checkpoints). ``seeds`` caches each evaluation as RUN/bench_eval/<checkpoint>_<split>.json.
 
 The references are the thick-stroke held-out digits (assets/toy/exemplars/thick_digits*, the adversarial reward's
 positives); "FD to refs" is toy_learning's FD to that exemplar set, "FD to real" its FD to the 360 real held-out
@@ -47,6 +56,143 @@ def train(cfg_path, out, overrides):
     with open(os.path.join(out, "bench_cpu.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(json.dumps(rec))
+
+
+SPLITS = {"heldout": 1000, "val": 2000}
+
+
+def _cached_eval(cfg, run, ck, n_seeds, split, cache_root):
+    """toy_learning.evaluate of checkpoint ``ck`` (None = base) at the split's seeds, cached as JSON."""
+    name = os.path.basename(ck) if ck else "base"
+    path = os.path.join(cache_root, "bench_eval", f"{name}_{split}_{n_seeds}.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    toy_learning.EXEMPLAR = EXEMPLAR
+    toy_learning.EXTRA_REWARDS = ["ink"]
+    m = toy_learning.evaluate(cfg, ck, n_seeds, first_seed=SPLITS[split])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(m, f, indent=1)
+    return m
+
+
+def _spread(vals):
+    """'mean ± sd [min, max]' (sd with n − 1)."""
+    t = torch.tensor(vals, dtype=torch.float64)
+    sd = float(t.std()) if len(vals) > 1 else 0.0
+    return float(t.mean()), sd, float(t.min()), float(t.max())
+
+
+def seed_groups(prefixes, at, n_seeds, split):
+    """Every run PREFIX_s<k> of every group at the checkpoints ``at``: correctness (Δ to the base), FD to refs (%
+    change), FD to real (× base), thick share; then per group and checkpoint the mean ± sd [min, max] over seeds,
+    and how many seeds meet issue 15's first clause (Δ correctness ≥ −0.05 and FD to refs ≤ −40 %)."""
+    import glob
+
+    from genalign.config import load_config
+    from genalign.trainer import list_checkpoints
+
+    base = None
+    print(f"split {split}: sample seeds {SPLITS[split]}..{SPLITS[split] + n_seeds - 1} per prompt")
+    print("| group | training seed | checkpoint | correctness (Δ base) | FD to refs (Δ %) | FD to real (× base) | "
+          "thick share | clause 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = []
+    for prefix in prefixes:
+        runs = [r for r in glob.glob(f"{prefix}_s[0-9]*") if os.path.isdir(r) and r.rsplit("_s", 1)[1].isdigit()]
+        runs.sort(key=lambda r: int(r.rsplit("_s", 1)[1]))
+        if not runs:
+            sys.exit(f"no runs {prefix}_s<k>")
+        per_ck = {}
+        for run in runs:
+            cfg = load_config(os.path.join(run, "config.yaml"))
+            if base is None:
+                base = _cached_eval(cfg, None, None, n_seeds, split, os.path.dirname(os.path.abspath(run)))
+                print(f"| base | | | {base['correctness']:.3f} | {base['fd_exemplar']:.1f} | {base['fd']:.1f} | "
+                      f"{base['thick_share']:.2f} | |")
+            for ck in list_checkpoints(run):
+                it = int(ck.rsplit("-", 1)[1])
+                if at and it not in at:
+                    continue
+                m = _cached_eval(cfg, run, ck, n_seeds, split, run)
+                dc = m["correctness"] - base["correctness"]
+                dfd = 100 * (m["fd_exemplar"] / base["fd_exemplar"] - 1)
+                ok = dc >= -0.05 and dfd <= -40
+                per_ck.setdefault(it, []).append((m["correctness"], dc, dfd, m["fd"] / base["fd"], m["thick_share"], ok))
+                print(f"| {os.path.basename(prefix)} | {run.rsplit('_s', 1)[1]} | {it} | {m['correctness']:.3f} "
+                      f"({dc:+.3f}) | {m['fd_exemplar']:.1f} ({dfd:+.0f} %) | {m['fd']:.1f} "
+                      f"({m['fd'] / base['fd']:.2f}×) | {m['thick_share']:.2f} | {'yes' if ok else 'no'} |", flush=True)
+        for it, rows in sorted(per_ck.items()):
+            summary.append((os.path.basename(prefix), it, rows))
+    print(f"\nmean ± sd [min, max] over training seeds ({split} split)")
+    print("| group | checkpoint | seeds | correctness | Δ correctness | FD to refs Δ % | FD to real × base | "
+          "thick share | seeds meeting clause 1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, it, rows in summary:
+        cols = [_spread([r[j] for r in rows]) for j in range(5)]
+        fmt = ["{:.3f} ± {:.3f} [{:.3f}, {:.3f}]", "{:+.3f} ± {:.3f} [{:+.3f}, {:+.3f}]", "{:+.0f} ± {:.0f} [{:+.0f}, {:+.0f}]",
+               "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]", "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]"]
+        print(f"| {name} | {it} | {len(rows)} | " + " | ".join(f.format(*c) for f, c in zip(fmt, cols))
+              + f" | {sum(r[5] for r in rows)}/{len(rows)} |")
+
+
+def early_stop(prefixes, n_seeds, margin):
+    """Validation early stop, per run: of every checkpoint of PREFIX_s<k>, evaluated on the ``val`` split, keep
+    those with Δ correctness ≥ −``margin`` (to the base on val) and pick the lowest FD to refs; only that checkpoint
+    is then evaluated on the held-out split. Prints the picks and, per group, mean ± sd [min, max] on held-out."""
+    import glob
+
+    from genalign.config import load_config
+    from genalign.trainer import list_checkpoints
+
+    print(f"rule: per run, lowest val FD to refs among checkpoints with val Δ correctness ≥ −{margin}; "
+          f"reported on held-out (sample seeds 1000..{1000 + n_seeds - 1})")
+    print("| group | training seed | picked (val) | val correctness Δ | val FD to refs Δ % | held-out correctness (Δ) | "
+          "held-out FD to refs (Δ %) | held-out FD to real (× base) | thick share | clause 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    groups = []
+    for prefix in prefixes:
+        runs = [r for r in glob.glob(f"{prefix}_s[0-9]*") if os.path.isdir(r) and r.rsplit("_s", 1)[1].isdigit()]
+        runs.sort(key=lambda r: int(r.rsplit("_s", 1)[1]))
+        rows = []
+        for run in runs:
+            cfg = load_config(os.path.join(run, "config.yaml"))
+            root = os.path.dirname(os.path.abspath(run))
+            bv = _cached_eval(cfg, None, None, n_seeds, "val", root)
+            bh = _cached_eval(cfg, None, None, n_seeds, "heldout", root)
+            best = None
+            for ck in list_checkpoints(run):
+                m = _cached_eval(cfg, run, ck, n_seeds, "val", run)
+                dc, dfd = m["correctness"] - bv["correctness"], 100 * (m["fd_exemplar"] / bv["fd_exemplar"] - 1)
+                if dc >= -margin and (best is None or dfd < best[2]):
+                    best = (ck, dc, dfd)
+            if best is None:
+                print(f"| {os.path.basename(prefix)} | {run.rsplit('_s', 1)[1]} | none passes | | | | | | | no |")
+                rows.append(None)
+                continue
+            m = _cached_eval(cfg, run, best[0], n_seeds, "heldout", run)
+            dc, dfd = m["correctness"] - bh["correctness"], 100 * (m["fd_exemplar"] / bh["fd_exemplar"] - 1)
+            ok = dc >= -0.05 and dfd <= -40
+            rows.append((m["correctness"], dc, dfd, m["fd"] / bh["fd"], m["thick_share"], ok))
+            print(f"| {os.path.basename(prefix)} | {run.rsplit('_s', 1)[1]} | {os.path.basename(best[0])} | "
+                  f"{best[1]:+.3f} | {best[2]:+.0f} % | {m['correctness']:.3f} ({dc:+.3f}) | {m['fd_exemplar']:.1f} "
+                  f"({dfd:+.0f} %) | {m['fd']:.1f} ({m['fd'] / bh['fd']:.2f}×) | {m['thick_share']:.2f} | "
+                  f"{'yes' if ok else 'no'} |", flush=True)
+        groups.append((os.path.basename(prefix), rows))
+    print("\nheld-out, mean ± sd [min, max] over training seeds at the val-picked checkpoints")
+    print("| group | seeds | correctness | Δ correctness | FD to refs Δ % | FD to real × base | thick share | "
+          "seeds meeting clause 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in groups:
+        ok = [r for r in rows if r is not None]
+        if not ok:
+            continue
+        cols = [_spread([r[j] for r in ok]) for j in range(5)]
+        fmt = ["{:.3f} ± {:.3f} [{:.3f}, {:.3f}]", "{:+.3f} ± {:.3f} [{:+.3f}, {:+.3f}]",
+               "{:+.0f} ± {:.0f} [{:+.0f}, {:+.0f}]", "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]",
+               "{:.2f} ± {:.2f} [{:.2f}, {:.2f}]"]
+        print(f"| {name} | {len(ok)} of {len(rows)} | " + " | ".join(f.format(*c) for f, c in zip(fmt, cols))
+              + f" | {sum(r[5] for r in ok)}/{len(rows)} |")
 
 
 def _ckpt(run, name):
@@ -109,10 +255,21 @@ def main():
     t = sub.add_parser("train")
     t.add_argument("config")
     t.add_argument("--out", required=True)
+    t.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="training seeds: one run OUT_s<seed> each (train.seed=<seed>)")
+    sd = sub.add_parser("seeds", help="runs PREFIX_s<k> of each group, each and mean ± spread")
+    sd.add_argument("prefixes", nargs="+")
+    sd.add_argument("--at", type=int, nargs="*", default=[], help="checkpoint iterations (default: all)")
+    sd.add_argument("--seeds", type=int, default=32, help="sample seeds per prompt")
+    sd.add_argument("--split", choices=sorted(SPLITS), default="val")
     e = sub.add_parser("eval")
     e.add_argument("runs", nargs="+")
     e.add_argument("--at", type=int, nargs="*", default=[], help="checkpoint iterations (default: all)")
     e.add_argument("--seeds", type=int, default=32)
+    es = sub.add_parser("earlystop", help="per run: checkpoint picked on val, reported on held-out")
+    es.add_argument("prefixes", nargs="+")
+    es.add_argument("--seeds", type=int, default=32, help="sample seeds per prompt")
+    es.add_argument("--margin", type=float, default=0.03, help="val Δ correctness ≥ −margin to be eligible")
     g = sub.add_parser("grid")
     g.add_argument("run")
     g.add_argument("checkpoint", help="checkpoint-N, or 'base'")
@@ -125,8 +282,15 @@ def main():
     from genalign.cli import quiet_libraries
 
     quiet_libraries()
-    if args.cmd == "train":
+    if args.cmd == "train" and args.seeds is not None:
+        for sd in args.seeds:
+            train(args.config, f"{args.out}_s{sd}", [*extra, f"train.seed={sd}"])
+    elif args.cmd == "train":
         train(args.config, args.out, extra)
+    elif args.cmd == "earlystop":
+        early_stop(args.prefixes, args.seeds, args.margin)
+    elif args.cmd == "seeds":
+        seed_groups(args.prefixes, set(args.at), args.seeds, args.split)
     elif args.cmd == "eval":
         evaluate_runs(args.runs, set(args.at), args.seeds)
     else:

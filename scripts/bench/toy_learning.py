@@ -32,18 +32,20 @@ EXEMPLAR = None  # --exemplar: an embeddings file; adds the FD to that exemplar 
 EXTRA_REWARDS = []  # --rewards: further reward names whose means are reported (e.g. ink centredness for MARBLE)
 
 
-def held_out_samples(gen, sampler, prompts, n_seeds, batch=40):
-    """Deterministic samples of every prompt at held-out seeds 1000.., prompt-major: (images, prompt per image)."""
+def held_out_samples(gen, sampler, prompts, n_seeds, batch=40, first_seed=1000):
+    """Deterministic samples of every prompt at held-out seeds 1000.. (``first_seed``..: another split, e.g. a
+    validation one), prompt-major: (images, prompt per image)."""
     P = [p for p in prompts for _ in range(n_seeds)]
-    S = [1000 + i for _ in prompts for i in range(n_seeds)]
+    S = [first_seed + i for _ in prompts for i in range(n_seeds)]
     with torch.no_grad():
         x = torch.cat([gen.rollout(P[a : a + batch], S[a : a + batch], sampler, num_steps=sampler.eval_num_steps,
                                    stochastic=False).samples for a in range(0, len(P), batch)])
     return x, P
 
 
-def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
-    """Correctness, FD to real digits and diversity of a checkpoint (None = the base model)."""
+def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu", first_seed=1000):
+    """Correctness, FD to real digits and diversity of a checkpoint (None = the base model), at sample seeds
+    ``first_seed``.. (1000..: the held-out protocol)."""
     from genalign.io import read_prompts
     from genalign.registry import MODELS
     from genalign.rewards.base import build_reward
@@ -54,7 +56,7 @@ def evaluate(run_cfg, ckpt, n_seeds=8, device="cpu"):
     if ckpt is not None:
         gen.load_checkpoint(ckpt)
     prompts = read_prompts(run_cfg.data.eval_prompts or run_cfg.data.prompts)
-    x, P = held_out_samples(gen, run_cfg.sampler, prompts, n_seeds)
+    x, P = held_out_samples(gen, run_cfg.sampler, prompts, n_seeds, first_seed=first_seed)
     corr = float(build_reward("digit_correctness")(x, P).mean())
     feats = digit_features(x)
     div = [mean_pairwise_distance(feats[i * n_seeds : (i + 1) * n_seeds]) for i in range(len(prompts))]
