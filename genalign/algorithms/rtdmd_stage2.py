@@ -13,8 +13,9 @@ the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure mat
 4. SubGRPO: PPO-clip (ε = ``clip_range``, 1e-5; no KL) on ``subgrpo_num_steps`` (2) of the T−1 stochastic steps,
    drawn from (run seed, iteration) — the same on every rank without a collective;
 5. the deterministic last step x_{T−1} → x̂0 with gradient: ``last_dmd_weight``·L_DMD (AC-DMD at σ_s = 0 is DMD) +
-   ``bp_weight``·mean relu(``hinge_margin`` − R_w), R_w = Σ_k w_k·c_k·r_k(decode(x̂0)) over the **differentiable**
-   rewards (c_k: CLIPScore/100, PickScore/26, else 1). One backward unit per PPO step and one for the last step:
+   ``bp_weight``·mean relu(``hinge_margin`` − R_w), R_w = Σ_k w_k·r_k(decode(x̂0)) over the **differentiable**
+   rewards, each as the reward outputs it: the reference's O(1) rescaling (CLIPScore/100, PickScore/26) is the
+   reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already). One backward unit per PPO step and one for the last step:
    the trainer averages the units, so the weights above are relative to one PPO step's loss (``pg_weight``).
 
 ``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
@@ -37,7 +38,7 @@ import torch
 from genalign.errors import ConfigError, choices
 from genalign.losses.gndm import ppo_clip_loss, ppo_ratio
 from genalign.losses.rtdmd import (
-    RTDMD_BP_REWARD_SCALES, reward_hinge_loss, rtdmd_last_step_loss, subgrpo_advantages, subgrpo_steps,
+    reward_hinge_loss, rtdmd_last_step_loss, subgrpo_advantages, subgrpo_steps,
     weighted_reward,
 )
 
@@ -133,8 +134,7 @@ def reward_backprop(alg, view, x0: torch.Tensor, ro) -> Tuple[torch.Tensor, Dict
     meta = ro.metadata or None
     cols = [r(images, ro.prompts, meta).to(x0.device) for r in rewards]
     per = torch.nan_to_num(torch.stack(cols, 1), nan=0.0)  # a reward that does not apply contributes nothing
-    scales = [RTDMD_BP_REWARD_SCALES.get(r.name, 1.0) for r in rewards]
-    r_w = weighted_reward(per, [float(r.weight) for r in rewards], scales)
+    r_w = weighted_reward(per, [float(r.weight) for r in rewards])
     hinge = reward_hinge_loss(r_w, alg.hinge_margin)
     return hinge, {"bp_reward": float(r_w.detach().mean()), "hinge": float(hinge.detach())}
 
