@@ -8,6 +8,9 @@ prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt div
     python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name dmd2_1step
     python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name no_ttur \
         --set algorithm.fake_updates_per_generator=1
+    # the ablations (same iterations and seeds; each run's fake-score loss per 50 iterations is printed)
+    python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --iterations 500 --name full \
+        --set algorithm.gan=true data.real=toy:digits algorithm.regression_weight=0.25
     # evaluate the checkpoints of existing runs
     python scripts/bench/distill_toy.py --runs runs/toy_dmd2
 """
@@ -89,10 +92,19 @@ def student_rows(run, n_seeds, label=None):
             f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
 
 
-def train(recipe, minutes, out, extra):
+def fake_trace(run, every=50, key="fake_score/fake_loss"):
+    """The mean fake-score loss per ``every`` iterations of a run (from its metrics.jsonl)."""
+    vals = [json.loads(line).get(key) for line in open(os.path.join(run, "metrics.jsonl"))]
+    vals = [v for v in vals if v is not None and v == v]
+    means = [sum(vals[a:a + every]) / len(vals[a:a + every]) for a in range(0, len(vals), every)]
+    print(f"{os.path.basename(run)}: mean {key} per {every} iterations: " + " ".join(f"{m:.4f}" for m in means))
+
+
+def train(recipe, minutes, out, extra, iterations=None):
+    budget = [f"train.iterations={iterations}"] if iterations else [f"train.max_minutes={minutes}",
+                                                                   "train.iterations=100000"]
     cmd = [sys.executable, "-m", "genalign", "train", recipe, f"run.output_dir={out}", "run.overwrite=true",
-           f"train.max_minutes={minutes}", "train.iterations=100000", "train.eval_every=0", "run.progress=false",
-           "run.log_with=[none]", *extra]
+           *budget, "train.eval_every=0", "run.progress=false", "run.log_with=[none]", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -110,6 +122,8 @@ def main():
     ap.add_argument("--recipe")
     ap.add_argument("--name", default=None)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall budget of the training run")
+    ap.add_argument("--iterations", type=int, default=None, help="iteration budget instead of --minutes")
+    ap.add_argument("--trace", type=int, default=50, help="print the fake-score loss per N iterations (0 = off)")
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the recipe")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--seeds", type=int, default=32)
@@ -126,7 +140,7 @@ def main():
     if args.recipe:
         name = args.name or os.path.splitext(os.path.basename(args.recipe))[0]
         out = os.path.join(args.out, name)
-        cpu, wall = train(args.recipe, args.minutes, out, args.set)
+        cpu, wall = train(args.recipe, args.minutes, out, args.set, args.iterations)
         print(f"{name}: trained {wall / 60:.1f} wall-min, {cpu:.0f} CPU-s (process time) {' '.join(args.set)}")
         runs.append(out)
     if runs:
@@ -134,6 +148,9 @@ def main():
         print("|---|---|---|---|---|---|")
         for run in runs:
             student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None)
+        if args.trace:
+            for run in runs:
+                fake_trace(run, args.trace)
 
 
 if __name__ == "__main__":
