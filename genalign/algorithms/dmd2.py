@@ -127,7 +127,7 @@ class DMD2(Algorithm):
 
     # ------------------------------------------------------------------------------------------ parts and phases
     def setup(self, view) -> None:
-        view.generator.prepare_few_step()
+        view.generator.prepare_few_step(view.cfg.sampler.num_steps)
         view.generator.make_reference()  # full fine-tuning: a frozen teacher copy (LoRA: the adapter off)
 
     def declare_parts(self, view) -> Dict[str, Any]:

@@ -84,7 +84,7 @@ def student_rows(run, n_seeds, label=None):
     for ck in list_checkpoints(run):
         st = json.load(open(os.path.join(ck, "trainer_state.json")))
         gen = MODELS.get(cfg.model.family).load(cfg.model)
-        gen.prepare_few_step()
+        gen.prepare_few_step(cfg.sampler.num_steps)
         gen.load_checkpoint(ck)
         m = metrics(gen, cfg.sampler, prompts, n_seeds)
         steps = st.get("part_steps", {})

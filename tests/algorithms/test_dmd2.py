@@ -181,3 +181,35 @@ def test_rtdmd_stage1_trains_student_and_fake_score_and_refuses_what_is_not_buil
     assert _n_changed(fake0, tr.parts["fake_score"].params) == len(fake0)
     rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
     assert rows[1]["dm_loss"] > 0 and rows[0]["fake_score/consistency_loss"] == rows[0]["fake_score/consistency_loss"]
+
+
+def test_flow_student_samples_on_its_own_training_sigmas():
+    """A K-step flow student trains and exports on 1, (K−1)/K, …, 1/K (DMD2's 999/749/499/249), not the stock
+    1, .667, .334, .001 whose last step barely moves; other step counts keep the stock sigmas; a shifted scheduler
+    ends at shift(1/K)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from genalign.config import ModelConfig
+    from genalign.models.sd3 import SD3Generator
+    from tests.algorithms.trainer_utils import tiny_model
+
+    sch = SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(shift=1.0), 4)
+    sch.set_timesteps(4)
+    torch.testing.assert_close(sch.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), atol=1e-6, rtol=0)
+    stock = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    stock.set_timesteps(4)
+    torch.testing.assert_close(stock.sigmas, torch.tensor([1.0, 0.667, 0.334, 0.001, 0.0]), atol=1e-6, rtol=0)
+    sch = SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), 4)
+    sch.set_timesteps(4)
+    assert float(sch.sigmas[0]) == pytest.approx(1.0) and float(sch.sigmas[3]) == pytest.approx(0.5)  # 3·¼/(1+2·¼)
+    assert SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(), 1).config.shift_terminal is None
+    # the generator: the student's K gets them, any other step count the stock sigmas (the teacher's ODE pairs)
+    mcfg = ModelConfig(family="sd3", path=tiny_model("sd3"), height=16, width=16)
+    mcfg.lora.rank = 0
+    gen = SD3Generator.load(mcfg)
+    stock3, stock1 = gen.schedule(3).sigmas, gen.schedule(1).sigmas
+    gen.prepare_few_step(4)
+    s = float(gen.pipe.scheduler.config.shift)
+    assert float(gen.schedule(4).sigmas[3]) == pytest.approx(s * 0.25 / (1 + (s - 1) * 0.25), abs=1e-6)
+    torch.testing.assert_close(gen.schedule(3).sigmas, stock3)
+    torch.testing.assert_close(gen.schedule(1).sigmas, stock1)
