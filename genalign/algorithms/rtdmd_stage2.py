@@ -169,7 +169,7 @@ def simple_sum_loss(alg, view, batch, ro):
     k = alg.simulation_step(view, ro.schedule.num_steps)
     dm, _, x0, st = alg.ac_dmd_term(view, ro, k, pos, cond_cfg)
     hinge, bst = reward_backprop(alg, view, x0, ro)
-    loss = alg.dm_weight * dm + alg.bp_weight * hinge
+    loss = rtdmd_last_step_loss(dm, hinge, alg.dm_weight, alg.bp_weight)  # the same weighted sum, other weights
     return loss, {"dm_loss": float(dm.detach()), **st, **bst}
 
 
