@@ -18,6 +18,7 @@ prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt div
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -34,13 +35,24 @@ sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 TEACHERS = {"sd3": "assets/toy/digits_flow", "sd": "assets/toy/digits_eps"}
 
 
-def metrics(gen, sampler, prompts, n_seeds):
+def stochastic_samples(gen, sampler, prompts, n_seeds, batch=40):
+    """Like toy_learning.held_out_samples, with the stochastic kernel of ``sampler`` (e.g. RTDMD's CPS η 0.9): each
+    held-out seed also fixes its per-step noise, so the samples are reproducible."""
+    P = [p for p in prompts for _ in range(n_seeds)]
+    S = [1000 + i for _ in prompts for i in range(n_seeds)]
+    with torch.no_grad():
+        x = torch.cat([gen.rollout(P[a:a + batch], S[a:a + batch], sampler, num_steps=sampler.eval_num_steps,
+                                   stochastic=True).samples for a in range(0, len(P), batch)])
+    return x, P
+
+
+def metrics(gen, sampler, prompts, n_seeds, stochastic=False):
     from toy_learning import held_out_samples
 
     from genalign.rewards.base import build_reward
     from genalign.toy.metrics import digit_features, fd_to_real, mean_pairwise_distance
 
-    x, P = held_out_samples(gen, sampler, prompts, n_seeds)
+    x, P = (stochastic_samples if stochastic else held_out_samples)(gen, sampler, prompts, n_seeds)
     feats = digit_features(x)
     div = [mean_pairwise_distance(feats[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
     return {"correctness": float(build_reward("digit_correctness")(x, P).mean()), "fd": float(fd_to_real(x)),
@@ -73,7 +85,7 @@ def teacher_rows(family, n_seeds, steps=(40, 4, 1), guidance=3.0):
             row(f"teacher {k} steps{' (trailing)' if few_step else ''}", metrics(gen, s, prompts, n_seeds))
 
 
-def student_rows(run, n_seeds, label=None):
+def student_rows(run, n_seeds, label=None, cps=None):
     from genalign.config import load_config
     from genalign.io import read_prompts
     from genalign.registry import MODELS
@@ -86,7 +98,10 @@ def student_rows(run, n_seeds, label=None):
         gen = MODELS.get(cfg.model.family).load(cfg.model)
         gen.prepare_few_step(cfg.sampler.num_steps)
         gen.load_checkpoint(ck)
-        m = metrics(gen, cfg.sampler, prompts, n_seeds)
+        sampler = cfg.sampler
+        if cps is not None:  # RTDMD's own sampler: CPS with η = cps on every step but the (deterministic) last
+            sampler = dataclasses.replace(cfg.sampler, kernel="cps", noise_level=cps)
+        m = metrics(gen, sampler, prompts, n_seeds, stochastic=cps is not None)
         steps = st.get("part_steps", {})
         row(f"{label or os.path.basename(run)} {os.path.basename(ck)}", m,
             f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
@@ -127,6 +142,8 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the recipe")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--seeds", type=int, default=32)
+    ap.add_argument("--cps", type=float, default=None, help="also sample the students with CPS at this η (RTDMD's "
+                    "sampler, 0.9), seeded by the held-out seeds")
     ap.add_argument("--out", default="runs/bench_distill")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -148,6 +165,8 @@ def main():
         print("|---|---|---|---|---|---|")
         for run in runs:
             student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None)
+            if args.cps is not None:
+                student_rows(run, args.seeds, f"{os.path.basename(run)} CPS η {args.cps}", cps=args.cps)
         if args.trace:
             for run in runs:
                 fake_trace(run, args.trace)
