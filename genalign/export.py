@@ -64,9 +64,13 @@ def student_settings(run_cfg: dict) -> Optional[dict]:
     if not getattr(cls, "few_step_student", False):
         return None
     s = run_cfg.get("sampler") or {}
+    from .algorithms.dmd2 import student_schedule_steps
+
+    args = (run_cfg.get("algorithm") or {}).get("args") or {}
+    sigmas = args.get("few_step_sigmas", getattr(cls, "few_step_sigmas", "stock"))
     return {"num_inference_steps": int(s.get("eval_num_steps") or s.get("num_steps") or 1),
             "guidance_scale": float(s.get("guidance_scale", 1.0)), "algorithm": name,
-            "train_steps": int(s.get("num_steps") or 1)}
+            "train_steps": student_schedule_steps(sigmas, int(s.get("num_steps") or 1))}
 
 
 def read_student(path: Optional[str]) -> Optional[dict]:

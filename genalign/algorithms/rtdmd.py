@@ -47,6 +47,7 @@ class RTDMD(DMD2):
     consistency_weight: float = field(default=0.01, metadata={"help": "Weight of the consistency regulariser."})
     consistency_max_delta: int = field(default=200, metadata={"help": "Δ ~ U{1..max} of t' = t − Δ."})
     move_scale_out: bool = field(default=True, metadata={"help": "Ambient loss weighting of every shipped config."})
+    few_step_sigmas: str = field(default="uniform", metadata={"help": "The reference's 1000/750/500/250 | stock."})
     # stage 2 (rtdmd_stage2.py)
     init_from: Optional[str] = field(default=None, metadata={"help": "Stage 2: stage-1 checkpoint (or run) folder."})
     stage2_mode: str = field(default="hybrid", metadata={"help": "Stage 2: hybrid | simple_sum (the baseline)."})

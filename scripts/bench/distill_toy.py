@@ -85,6 +85,16 @@ def teacher_rows(family, n_seeds, steps=(40, 4, 1), guidance=3.0):
             row(f"teacher {k} steps{' (trailing)' if few_step else ''}", metrics(gen, s, prompts, n_seeds))
 
 
+def student_steps(cfg):
+    """The step count ``prepare_few_step`` gets for the run's student (its few_step_sigmas setting)."""
+    from genalign.algorithms.dmd2 import student_schedule_steps
+    from genalign.registry import ALGORITHMS
+
+    cls = ALGORITHMS.get(cfg.algorithm.name)
+    sigmas = cfg.algorithm.args.get("few_step_sigmas", getattr(cls, "few_step_sigmas", "stock"))
+    return student_schedule_steps(sigmas, cfg.sampler.num_steps)
+
+
 def student_rows(run, n_seeds, label=None, cps=None):
     from genalign.config import load_config
     from genalign.io import read_prompts
@@ -96,7 +106,7 @@ def student_rows(run, n_seeds, label=None, cps=None):
     for ck in list_checkpoints(run):
         st = json.load(open(os.path.join(ck, "trainer_state.json")))
         gen = MODELS.get(cfg.model.family).load(cfg.model)
-        gen.prepare_few_step(cfg.sampler.num_steps)
+        gen.prepare_few_step(student_steps(cfg))
         gen.load_checkpoint(ck)
         sampler = cfg.sampler
         if cps is not None:  # RTDMD's own sampler: CPS with η = cps on every step but the (deterministic) last

@@ -80,6 +80,13 @@ def test_dmd2_bad_options_and_gan_without_features():
         DMD2(fake_updates_per_generator=0)
     with pytest.raises(ConfigError, match="regression_distance"):
         DMD2(regression_distance="lpips")
+    with pytest.raises(ConfigError, match="few_step_sigmas"):
+        DMD2(few_step_sigmas="linear")
+    from genalign.algorithms.dmd2 import student_schedule_steps
+    from genalign.algorithms.rtdmd import RTDMD
+
+    assert DMD2().few_step_sigmas == "stock" and RTDMD().few_step_sigmas == "uniform"  # RTDMD: its reference's
+    assert student_schedule_steps("stock", 4) is None and student_schedule_steps("uniform", 4) == 4
     stub = Generator.__new__(Generator)
     stub.family = "flux"
     with pytest.raises(ConfigError, match="no denoiser features for a GAN head"):
@@ -119,14 +126,15 @@ def test_dmd2_kill_and_resume_is_bit_identical_across_all_parts(tmp_path):
     assert sa == {"policy": 2, "fake_score": 4, "gan_head": 4}
 
 
-@pytest.mark.parametrize("family,rank,fuse", [("sd3", 0, False), ("sd", 2, False)])
-def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipeline(tmp_path, family, rank, fuse):
+@pytest.mark.parametrize("family,rank,sigmas", [("sd3", 0, "stock"), ("sd", 2, "stock"), ("sd3", 2, "uniform")])
+def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipeline(tmp_path, family, rank, sigmas):
     from diffusers import DiffusionPipeline
 
     from genalign.core.checkpoint import latest_checkpoint
     from genalign.export import export
 
-    cfg = dmd2_config(tmp_path, family, steps=2, rank=rank)
+    fuse = False
+    cfg = dmd2_config(tmp_path, family, steps=2, rank=rank, few_step_sigmas=sigmas)
     tr = trainer_for(cfg)
     tr.train()
     prompts, seeds = ["a red cube", "a blue ball"], [5, 6]
@@ -142,7 +150,12 @@ def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipel
         pipe = DiffusionPipeline.from_pretrained(cfg.model.path, **kw)
         pipe.load_lora_weights(out)
         pipe.scheduler = type(pipe.scheduler).from_pretrained(out, subfolder="scheduler")
-        assert pipe.scheduler.config.timestep_spacing == "trailing"
+        if family == "sd":
+            assert pipe.scheduler.config.timestep_spacing == "trailing"
+        else:  # uniform flow sigmas 1, ½ at K = 2 (shift s: the terminal is shift(½) = s/(1 + s))
+            shift = float(pipe.scheduler.config.shift)
+            assert pipe.scheduler.config.shift_terminal == pytest.approx(shift / (1 + shift))
+            assert float(tr.generator.schedule(2).sigmas[1]) == pytest.approx(shift / (1 + shift))
     pipe.set_progress_bar_config(disable=True)
     lat = tr.generator.initial_noise(seeds)
     got = pipe(prompt=prompts, num_inference_steps=student["num_inference_steps"],
