@@ -64,8 +64,13 @@ def student_settings(run_cfg: dict) -> Optional[dict]:
     if not getattr(cls, "few_step_student", False):
         return None
     s = run_cfg.get("sampler") or {}
+    from .algorithms.dmd2 import student_schedule_steps
+
+    args = (run_cfg.get("algorithm") or {}).get("args") or {}
+    sigmas = args.get("few_step_sigmas", getattr(cls, "few_step_sigmas", "stock"))
     return {"num_inference_steps": int(s.get("eval_num_steps") or s.get("num_steps") or 1),
-            "guidance_scale": float(s.get("guidance_scale", 1.0)), "algorithm": name}
+            "guidance_scale": float(s.get("guidance_scale", 1.0)), "algorithm": name,
+            "train_steps": student_schedule_steps(sigmas, int(s.get("num_steps") or 1))}
 
 
 def read_student(path: Optional[str]) -> Optional[dict]:
@@ -156,7 +161,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
                 shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
             if student:  # the student's scheduler next to its LoRA (scheduler/), for the stock pipeline
                 sched = _scheduler_from(base)
-                gen_cls.few_step_scheduler(sched).save_pretrained(os.path.join(tmp, "scheduler"))
+                gen_cls.few_step_scheduler(sched, student["train_steps"]).save_pretrained(os.path.join(tmp, "scheduler"))
         else:
             gen_cls = MODELS.get(family)
             mcfg = ModelConfig(**{k: v for k, v in (run_cfg.get("model") or {}).items() if k in ("family", "revision", "variant", "trust_remote_code")})
@@ -180,7 +185,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
                 raise CheckpointError(f"the weights in '{src}' do not fit the base pipeline '{base}' "
                                       f"({_first_line(e)})") from None
             if student:
-                pipe.scheduler = gen_cls.few_step_scheduler(pipe.scheduler)
+                pipe.scheduler = gen_cls.few_step_scheduler(pipe.scheduler, student["train_steps"])
             pipe.save_pretrained(tmp, safe_serialization=True)
             fuse = True
         if student:

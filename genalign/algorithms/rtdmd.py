@@ -11,16 +11,20 @@ The fake score trains on the rollout's boundary states x_s (the same step k) wit
 (``move_scale_out``: min(1, 10σ_ts²)·‖v_φ − v*‖²) + ``consistency_weight``·the two-sample consistency regulariser
 (two stop-gradient CPS steps to t' = t − Δ, Δ ~ U{1..200}).
 
-Not built: stage 2 (the hybrid policy gradient: SubGRPO on seeded CPS steps, the fake score on the rollout cache,
-DMD + hinge reward backprop on the last step) — ``stage: 2`` is refused. Both AC times are drawn with the
-sub-interval law above (the reference's logit-normal fake-score time applies to its non-AC fake loss).
+``stage: 2``: the hybrid policy gradient (SubGRPO on seeded CPS steps, the fake score on the rollout, DMD + hinge
+reward backprop on the deterministic last step) or the "simple sum" baseline, from a stage-1 checkpoint
+(``init_from``): :mod:`genalign.algorithms.rtdmd_stage2`. Both AC times are drawn with the sub-interval law above
+(the reference's logit-normal fake-score time applies to its non-AC fake loss).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
+
+from genalign.algorithms import rtdmd_stage2 as s2
 
 from genalign.algorithms.dmd2 import DMD2, per_sample_draws
 from genalign.core.seeding import torch_generator
@@ -38,17 +42,32 @@ _AC_SALT, _AC2_SALT, _CONS_SALT = 707, 808, 909
 @ALGORITHMS.register("rtdmd")
 @dataclass
 class RTDMD(DMD2):
-    stage: int = field(default=1, metadata={"help": "RTDMD stage: 1 (AC-DMD; stage 2 is not built)."})
+    stage: int = field(default=1, metadata={"help": "RTDMD stage: 1 (AC-DMD) | 2 (from a stage-1 checkpoint)."})
     cps_eta: float = field(default=0.9, metadata={"help": "η of the CPS steps back to σ_s."})
     consistency_weight: float = field(default=0.01, metadata={"help": "Weight of the consistency regulariser."})
     consistency_max_delta: int = field(default=200, metadata={"help": "Δ ~ U{1..max} of t' = t − Δ."})
     move_scale_out: bool = field(default=True, metadata={"help": "Ambient loss weighting of every shipped config."})
+    few_step_sigmas: str = field(default="uniform", metadata={"help": "The reference's 1000/750/500/250 | stock."})
+    # stage 2 (rtdmd_stage2.py)
+    init_from: Optional[str] = field(default=None, metadata={"help": "Stage 2: stage-1 checkpoint (or run) folder."})
+    stage2_mode: str = field(default="hybrid", metadata={"help": "Stage 2: hybrid | simple_sum (the baseline)."})
+    clip_range: float = field(default=1e-5, metadata={"help": "Stage 2: SubGRPO PPO clip ε."})
+    subgrpo_num_steps: int = field(default=2, metadata={"help": "Stage 2: trained stochastic steps per iteration."})
+    pg_weight: float = field(default=1.0, metadata={"help": "Stage 2: weight of each SubGRPO step's PPO loss."})
+    last_dmd_weight: float = field(default=1e-3, metadata={"help": "Stage 2: DMD weight on the last step."})
+    bp_weight: float = field(default=1e-4, metadata={"help": "Stage 2: hinge reward-backprop weight (λ)."})
+    hinge_margin: float = field(default=3.0, metadata={"help": "Stage 2: margin of relu(margin − R_w)."})
+    adv_eps: float = field(default=1e-4, metadata={"help": "Stage 2: advantage std epsilon."})
+    adv_clip: float = field(default=5.0, metadata={"help": "Stage 2: advantage clip."})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.stage != 1:
-            raise ConfigError(f"'algorithm.stage' is {self.stage}; only RTDMD stage 1 (AC-DMD) is built — stage 2 "
-                              "(hybrid policy gradient) is not")
+        if self.stage not in (1, 2):
+            raise ConfigError(f"'algorithm.stage' is {self.stage}; valid choices: 1 (AC-DMD), 2 (hybrid policy "
+                              "gradient from a stage-1 checkpoint)")
+        if self.stage == 2:
+            s2.check_stage2_options(self)
+        self._stage1_ck, self._generator_phase, self._units = None, False, 1
         if not 0.0 <= self.cps_eta <= 1.0 or self.consistency_weight < 0 or self.consistency_max_delta < 1:
             raise ConfigError("'algorithm.cps_eta' must be in [0, 1], 'consistency_weight' >= 0, "
                               "'consistency_max_delta' >= 1")
@@ -56,7 +75,47 @@ class RTDMD(DMD2):
     def setup(self, view) -> None:
         if getattr(view.law, "name", None) != "flow":
             raise ConfigError("RTDMD (AC-DMD) is defined for rectified-flow models (sd3, flux); use dmd2 for ε/v models")
-        super().setup(view)
+        super().setup(view)  # the teacher copy is made from the loaded pipeline before the student's weights change
+        self._stage1_ck = None
+        if self.stage == 2:
+            s2.check_stage2_setup(self, view)
+            self._stage1_ck = s2.load_stage1(self, view)
+
+    def declare_parts(self, view):
+        parts = super().declare_parts(view)
+        if self._stage1_ck is not None:
+            s2.load_stage1_fake(self, self._stage1_ck)
+        return parts
+
+    @property
+    def hybrid(self) -> bool:
+        return self.stage == 2 and self.stage2_mode == "hybrid"
+
+    def phases(self, iteration: int):
+        out = s2.stage2_phases(self, iteration) if self.stage == 2 else None
+        return super().phases(iteration) if out is None else out
+
+    def advantages(self, per_reward, weights, group_ids, prompts, mode):
+        if self.hybrid:
+            return s2.stage2_advantages(self, per_reward, weights, group_ids)
+        return super().advantages(per_reward, weights, group_ids, prompts, mode)
+
+    def units(self, batch, items) -> int:
+        if self.hybrid and self._generator_phase:
+            return self._units
+        return 1
+
+    def items(self, view, batch):
+        self._generator_phase = view.phase is not None and view.phase.name == "generator"
+        if self.hybrid and self._generator_phase:
+            self._units = s2.hybrid_units(self, view, batch)
+        return super().items(view, batch)
+
+    def losses(self, view, batch, items):
+        if self.hybrid and view.phase.name == "generator":
+            yield from s2.hybrid_losses(self, view, batch, items)
+        else:
+            yield from super().losses(view, batch, items)
 
     # ------------------------------------------------------------------------------------------ helpers
     def times(self, view, sigma_s, keys, salt):
@@ -73,14 +132,24 @@ class RTDMD(DMD2):
 
     # ------------------------------------------------------------------------------------------ generator
     def generator_loss(self, view, batch, ro):
-        gen = view.generator
+        if self.stage == 2:  # simple_sum (the hybrid generator phase yields its own units)
+            return s2.simple_sum_loss(self, view, batch, ro)
         pos, cond_cfg = self.conditioning(view, ro.prompts)
+        k = self.simulation_step(view, ro.schedule.num_steps)
+        loss, _, _, stats = self.ac_dmd_term(view, ro, k, pos, cond_cfg)
+        return self.dm_weight * loss, {"dm_loss": float(loss.detach()), **stats}
+
+    def ac_dmd_term(self, view, ro, k, pos, cond_cfg):
+        """AC-DMD at step k: the student's Euler step x_k → x_s (σ_s = σ_{k+1}) with gradient, sub-interval
+        re-noising above σ_s, teacher (CFG) and fake score CPS-stepped back to σ_s with the same ξ′. Returns (loss,
+        x_s, the student's x̂0 at step k, stats); at the last step σ_s = 0, x_s = x̂0 and the loss is DMD's."""
+        gen = view.generator
         sch, dev = ro.schedule, view.device
-        k = self.simulation_step(view, sch.num_steps)
         s_k, s_s = self.boundary(ro, k)
         x_k = ro.states[:, k].to(dev).float()
         v = gen.predict(view.module("policy"), x_k, sch.timesteps[k].to(dev), pos, 1.0)
         x_s = x_k + (s_s - s_k) * v  # the student's Euler step to the boundary, with gradient
+        x0 = x_k - s_k * v
         salt = _AC_SALT + 7 * view.step_count("policy")
         t, sig_t = self.times(view, s_s, ro.seeds, salt)
         _, xi = per_sample_draws(view, ro.seeds, salt, x_s.shape[1:])
@@ -95,8 +164,7 @@ class RTDMD(DMD2):
         xs_real = flow_cps_step(v_real, x_t, sig_t, back, self.cps_eta, noise=xi2).prev_sample
         xs_fake = flow_cps_step(v_fake, x_t, sig_t, back, self.cps_eta, noise=xi2).prev_sample
         loss, g = ac_dmd_loss(x_s, xs_real, xs_fake, self.normaliser_eps)
-        return self.dm_weight * loss, {"dm_loss": float(loss.detach()), "dm_grad_abs": float(g.abs().mean()),
-                                       "sim_step": float(k), "sigma_s": s_s}
+        return loss, x_s, x0, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(k), "sigma_s": s_s}
 
     # ------------------------------------------------------------------------------------------ fake score
     def fake_loss(self, view, batch, ro, items=()):

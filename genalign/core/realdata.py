@@ -50,5 +50,7 @@ class RealData:
         self.seed = seed
 
     def batch(self, iteration: int, n: int, rank: int = 0) -> torch.Tensor:
-        g = torch_generator(self.seed, iteration, rank, 11)
-        return self.data[torch.randint(len(self.data), (n,), generator=g)]
+        """Rank r's n rows: rows r·n..(r+1)·n of one draw from (seed, iteration), so that the processes together
+        see what one process drawing n·world rows sees (rank 0's rows are the one-process draw's first n)."""
+        g = torch_generator(self.seed, iteration, 0, 11)
+        return self.data[torch.randint(len(self.data), (n * (rank + 1),), generator=g)[rank * n:]]

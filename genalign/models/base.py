@@ -397,13 +397,15 @@ class Generator(WeightsIO):
         return self.vae_encode(images)
 
     # -------------------------------------------------------------------------------- few-step distillation
-    def prepare_few_step(self) -> None:
-        """Make ``schedule(K)`` start from pure noise for few-step students (flow schedules already do)."""
-        self.pipe.scheduler = self.few_step_scheduler(self.pipe.scheduler)
+    def prepare_few_step(self, num_steps: Optional[int] = None) -> None:
+        """The few-step student's schedule for ``schedule(K)`` (VP: trailing timesteps from pure noise; flow: the
+        student's K training sigmas when ``num_steps`` is given)."""
+        self.pipe.scheduler = self.few_step_scheduler(self.pipe.scheduler, num_steps)
+        self.few_step_steps = num_steps
         self.law = self.make_law()
 
     @classmethod
-    def few_step_scheduler(cls, scheduler):
+    def few_step_scheduler(cls, scheduler, num_steps: Optional[int] = None):
         """The stock scheduler that samples a few-step student exactly as training does (``genalign export``)."""
         return scheduler
 

@@ -105,7 +105,7 @@ class _VPGenerator(Generator):
         return (img / 2 + 0.5).clamp(0, 1)
 
     @classmethod
-    def few_step_scheduler(cls, scheduler):
+    def few_step_scheduler(cls, scheduler, num_steps=None):
         """DDIM with "trailing" spacing: K steps at (999, 749, 499, 249) for K = 4, (999,) for K = 1 — DMD2's
         student timesteps (``sd_unified_model.py``); "leading" spacing would start a 1-step student at t = 1."""
         from diffusers import DDIMScheduler

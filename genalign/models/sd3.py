@@ -16,16 +16,17 @@ from .base import Generator, Schedule
 from .laws import RectifiedFlow
 
 
-def flow_schedule(pipe, num_steps: int, shift: Optional[float], image_seq_len: int, device) -> Schedule:
-    """Sigmas exactly as the stock pipeline computes them (scheduler.set_timesteps, incl. dynamic shifting)."""
+def flow_schedule(pipe, num_steps: int, shift: Optional[float], image_seq_len: int, device, **override) -> Schedule:
+    """Sigmas exactly as the stock pipeline computes them (scheduler.set_timesteps, incl. dynamic shifting);
+    ``override``: scheduler config entries to replace (e.g. ``shift_terminal=None``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     sched = pipe.scheduler
     if shift is not None:
-        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config, shift=shift)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config, shift=shift, **override)
     else:
-        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(sched.config, **override)
     kwargs = {}
     if sched.config.get("use_dynamic_shifting", False):
         kwargs["mu"] = calculate_shift(
@@ -115,7 +116,25 @@ class SD3Generator(Generator):
     def schedule(self, num_steps: int, shift: Optional[float] = None) -> Schedule:
         p = self.denoiser.config.patch_size
         _, h, w = self.latent_shape()
-        return flow_schedule(self.pipe, num_steps, shift, (h // p) * (w // p), self.device)
+        k = getattr(self, "few_step_steps", None)  # another step count than the student's: the stock sigmas
+        override = {} if k in (None, num_steps) else {"shift_terminal": None}
+        return flow_schedule(self.pipe, num_steps, shift, (h // p) * (w // p), self.device, **override)
+
+    @classmethod
+    def few_step_scheduler(cls, scheduler, num_steps=None):
+        """A K-step flow student's sigmas 1, (K−1)/K, …, 1/K (DMD2's 999/749/499/249 for K = 4, RTDMD's
+        [1000, 750, 500, 250]/1000) instead of the stock 1, .667, .334, .001 whose last step barely moves: the stock
+        scheduler's ``shift_terminal`` stretches its K sigmas to end at shift(1/K). Exact for shift 1; with a shift s
+        the terminal is s/K/(1 + (s−1)/K) and the others are the stock shifted sigmas stretched to it. K = 1, or a
+        scheduler with dynamic shifting: unchanged. Sample an exported student at its own K (``student.json``): the
+        stock scheduler stretches any other K ≥ 2 to the same terminal and gives NaN at K = 1."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        cfg = scheduler.config
+        if not num_steps or num_steps < 2 or cfg.get("use_dynamic_shifting", False):
+            return scheduler
+        s, t = float(cfg.get("shift", 1.0)), 1.0 / num_steps
+        return FlowMatchEulerDiscreteScheduler.from_config(cfg, shift_terminal=s * t / (1 + (s - 1) * t))
 
     def feature_spec(self, model):
         """The middle joint-attention block's image tokens (N, L, C) (DMD2's bottleneck, for a transformer)."""

@@ -8,6 +8,9 @@ prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt div
     python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name dmd2_1step
     python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --minutes 10 --name no_ttur \
         --set algorithm.fake_updates_per_generator=1
+    # the ablations (same iterations and seeds; each run's fake-score loss per 50 iterations is printed)
+    python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --iterations 500 --name full \
+        --set algorithm.gan=true data.real=toy:digits algorithm.regression_weight=0.25
     # evaluate the checkpoints of existing runs
     python scripts/bench/distill_toy.py --runs runs/toy_dmd2
 """
@@ -15,6 +18,7 @@ prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt div
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -31,13 +35,24 @@ sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 TEACHERS = {"sd3": "assets/toy/digits_flow", "sd": "assets/toy/digits_eps"}
 
 
-def metrics(gen, sampler, prompts, n_seeds):
+def stochastic_samples(gen, sampler, prompts, n_seeds, batch=40):
+    """Like toy_learning.held_out_samples, with the stochastic kernel of ``sampler`` (e.g. RTDMD's CPS η 0.9): each
+    held-out seed also fixes its per-step noise, so the samples are reproducible."""
+    P = [p for p in prompts for _ in range(n_seeds)]
+    S = [1000 + i for _ in prompts for i in range(n_seeds)]
+    with torch.no_grad():
+        x = torch.cat([gen.rollout(P[a:a + batch], S[a:a + batch], sampler, num_steps=sampler.eval_num_steps,
+                                   stochastic=True).samples for a in range(0, len(P), batch)])
+    return x, P
+
+
+def metrics(gen, sampler, prompts, n_seeds, stochastic=False):
     from toy_learning import held_out_samples
 
     from genalign.rewards.base import build_reward
     from genalign.toy.metrics import digit_features, fd_to_real, mean_pairwise_distance
 
-    x, P = held_out_samples(gen, sampler, prompts, n_seeds)
+    x, P = (stochastic_samples if stochastic else held_out_samples)(gen, sampler, prompts, n_seeds)
     feats = digit_features(x)
     div = [mean_pairwise_distance(feats[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
     return {"correctness": float(build_reward("digit_correctness")(x, P).mean()), "fd": float(fd_to_real(x)),
@@ -70,7 +85,17 @@ def teacher_rows(family, n_seeds, steps=(40, 4, 1), guidance=3.0):
             row(f"teacher {k} steps{' (trailing)' if few_step else ''}", metrics(gen, s, prompts, n_seeds))
 
 
-def student_rows(run, n_seeds, label=None):
+def student_steps(cfg):
+    """The step count ``prepare_few_step`` gets for the run's student (its few_step_sigmas setting)."""
+    from genalign.algorithms.dmd2 import student_schedule_steps
+    from genalign.registry import ALGORITHMS
+
+    cls = ALGORITHMS.get(cfg.algorithm.name)
+    sigmas = cfg.algorithm.args.get("few_step_sigmas", getattr(cls, "few_step_sigmas", "stock"))
+    return student_schedule_steps(sigmas, cfg.sampler.num_steps)
+
+
+def student_rows(run, n_seeds, label=None, cps=None):
     from genalign.config import load_config
     from genalign.io import read_prompts
     from genalign.registry import MODELS
@@ -81,18 +106,30 @@ def student_rows(run, n_seeds, label=None):
     for ck in list_checkpoints(run):
         st = json.load(open(os.path.join(ck, "trainer_state.json")))
         gen = MODELS.get(cfg.model.family).load(cfg.model)
-        gen.prepare_few_step()
+        gen.prepare_few_step(student_steps(cfg))
         gen.load_checkpoint(ck)
-        m = metrics(gen, cfg.sampler, prompts, n_seeds)
+        sampler = cfg.sampler
+        if cps is not None:  # RTDMD's own sampler: CPS with η = cps on every step but the (deterministic) last
+            sampler = dataclasses.replace(cfg.sampler, kernel="cps", noise_level=cps)
+        m = metrics(gen, sampler, prompts, n_seeds, stochastic=cps is not None)
         steps = st.get("part_steps", {})
         row(f"{label or os.path.basename(run)} {os.path.basename(ck)}", m,
             f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
 
 
-def train(recipe, minutes, out, extra):
+def fake_trace(run, every=50, key="fake_score/fake_loss"):
+    """The mean fake-score loss per ``every`` iterations of a run (from its metrics.jsonl)."""
+    vals = [json.loads(line).get(key) for line in open(os.path.join(run, "metrics.jsonl"))]
+    vals = [v for v in vals if v is not None and v == v]
+    means = [sum(vals[a:a + every]) / len(vals[a:a + every]) for a in range(0, len(vals), every)]
+    print(f"{os.path.basename(run)}: mean {key} per {every} iterations: " + " ".join(f"{m:.4f}" for m in means))
+
+
+def train(recipe, minutes, out, extra, iterations=None):
+    budget = [f"train.iterations={iterations}"] if iterations else [f"train.max_minutes={minutes}",
+                                                                   "train.iterations=100000"]
     cmd = [sys.executable, "-m", "genalign", "train", recipe, f"run.output_dir={out}", "run.overwrite=true",
-           f"train.max_minutes={minutes}", "train.iterations=100000", "train.eval_every=0", "run.progress=false",
-           "run.log_with=[none]", *extra]
+           *budget, "train.eval_every=0", "run.progress=false", "run.log_with=[none]", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -110,9 +147,13 @@ def main():
     ap.add_argument("--recipe")
     ap.add_argument("--name", default=None)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall budget of the training run")
+    ap.add_argument("--iterations", type=int, default=None, help="iteration budget instead of --minutes")
+    ap.add_argument("--trace", type=int, default=50, help="print the fake-score loss per N iterations (0 = off)")
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the recipe")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--seeds", type=int, default=32)
+    ap.add_argument("--cps", type=float, default=None, help="also sample the students with CPS at this η (RTDMD's "
+                    "sampler, 0.9), seeded by the held-out seeds")
     ap.add_argument("--out", default="runs/bench_distill")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -126,7 +167,7 @@ def main():
     if args.recipe:
         name = args.name or os.path.splitext(os.path.basename(args.recipe))[0]
         out = os.path.join(args.out, name)
-        cpu, wall = train(args.recipe, args.minutes, out, args.set)
+        cpu, wall = train(args.recipe, args.minutes, out, args.set, args.iterations)
         print(f"{name}: trained {wall / 60:.1f} wall-min, {cpu:.0f} CPU-s (process time) {' '.join(args.set)}")
         runs.append(out)
     if runs:
@@ -134,6 +175,11 @@ def main():
         print("|---|---|---|---|---|---|")
         for run in runs:
             student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None)
+            if args.cps is not None:
+                student_rows(run, args.seeds, f"{os.path.basename(run)} CPS η {args.cps}", cps=args.cps)
+        if args.trace:
+            for run in runs:
+                fake_trace(run, args.trace)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,13 @@ def test_dmd2_bad_options_and_gan_without_features():
         DMD2(fake_updates_per_generator=0)
     with pytest.raises(ConfigError, match="regression_distance"):
         DMD2(regression_distance="lpips")
+    with pytest.raises(ConfigError, match="few_step_sigmas"):
+        DMD2(few_step_sigmas="linear")
+    from genalign.algorithms.dmd2 import student_schedule_steps
+    from genalign.algorithms.rtdmd import RTDMD
+
+    assert DMD2().few_step_sigmas == "stock" and RTDMD().few_step_sigmas == "uniform"  # RTDMD: its reference's
+    assert student_schedule_steps("stock", 4) is None and student_schedule_steps("uniform", 4) == 4
     stub = Generator.__new__(Generator)
     stub.family = "flux"
     with pytest.raises(ConfigError, match="no denoiser features for a GAN head"):
@@ -119,14 +126,15 @@ def test_dmd2_kill_and_resume_is_bit_identical_across_all_parts(tmp_path):
     assert sa == {"policy": 2, "fake_score": 4, "gan_head": 4}
 
 
-@pytest.mark.parametrize("family,rank,fuse", [("sd3", 0, False), ("sd", 2, False)])
-def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipeline(tmp_path, family, rank, fuse):
+@pytest.mark.parametrize("family,rank,sigmas", [("sd3", 0, "stock"), ("sd", 2, "stock"), ("sd3", 2, "uniform")])
+def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipeline(tmp_path, family, rank, sigmas):
     from diffusers import DiffusionPipeline
 
     from genalign.core.checkpoint import latest_checkpoint
     from genalign.export import export
 
-    cfg = dmd2_config(tmp_path, family, steps=2, rank=rank)
+    fuse = False
+    cfg = dmd2_config(tmp_path, family, steps=2, rank=rank, few_step_sigmas=sigmas)
     tr = trainer_for(cfg)
     tr.train()
     prompts, seeds = ["a red cube", "a blue ball"], [5, 6]
@@ -142,7 +150,12 @@ def test_exported_student_reproduces_the_training_student_in_a_fresh_stock_pipel
         pipe = DiffusionPipeline.from_pretrained(cfg.model.path, **kw)
         pipe.load_lora_weights(out)
         pipe.scheduler = type(pipe.scheduler).from_pretrained(out, subfolder="scheduler")
-        assert pipe.scheduler.config.timestep_spacing == "trailing"
+        if family == "sd":
+            assert pipe.scheduler.config.timestep_spacing == "trailing"
+        else:  # uniform flow sigmas 1, ½ at K = 2 (shift s: the terminal is shift(½) = s/(1 + s))
+            shift = float(pipe.scheduler.config.shift)
+            assert pipe.scheduler.config.shift_terminal == pytest.approx(shift / (1 + shift))
+            assert float(tr.generator.schedule(2).sigmas[1]) == pytest.approx(shift / (1 + shift))
     pipe.set_progress_bar_config(disable=True)
     lat = tr.generator.initial_noise(seeds)
     got = pipe(prompt=prompts, num_inference_steps=student["num_inference_steps"],
@@ -181,3 +194,35 @@ def test_rtdmd_stage1_trains_student_and_fake_score_and_refuses_what_is_not_buil
     assert _n_changed(fake0, tr.parts["fake_score"].params) == len(fake0)
     rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
     assert rows[1]["dm_loss"] > 0 and rows[0]["fake_score/consistency_loss"] == rows[0]["fake_score/consistency_loss"]
+
+
+def test_flow_student_samples_on_its_own_training_sigmas():
+    """A K-step flow student trains and exports on 1, (K−1)/K, …, 1/K (DMD2's 999/749/499/249), not the stock
+    1, .667, .334, .001 whose last step barely moves; other step counts keep the stock sigmas; a shifted scheduler
+    ends at shift(1/K)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from genalign.config import ModelConfig
+    from genalign.models.sd3 import SD3Generator
+    from tests.algorithms.trainer_utils import tiny_model
+
+    sch = SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(shift=1.0), 4)
+    sch.set_timesteps(4)
+    torch.testing.assert_close(sch.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), atol=1e-6, rtol=0)
+    stock = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    stock.set_timesteps(4)
+    torch.testing.assert_close(stock.sigmas, torch.tensor([1.0, 0.667, 0.334, 0.001, 0.0]), atol=1e-6, rtol=0)
+    sch = SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), 4)
+    sch.set_timesteps(4)
+    assert float(sch.sigmas[0]) == pytest.approx(1.0) and float(sch.sigmas[3]) == pytest.approx(0.5)  # 3·¼/(1+2·¼)
+    assert SD3Generator.few_step_scheduler(FlowMatchEulerDiscreteScheduler(), 1).config.shift_terminal is None
+    # the generator: the student's K gets them, any other step count the stock sigmas (the teacher's ODE pairs)
+    mcfg = ModelConfig(family="sd3", path=tiny_model("sd3"), height=16, width=16)
+    mcfg.lora.rank = 0
+    gen = SD3Generator.load(mcfg)
+    stock3, stock1 = gen.schedule(3).sigmas, gen.schedule(1).sigmas
+    gen.prepare_few_step(4)
+    s = float(gen.pipe.scheduler.config.shift)
+    assert float(gen.schedule(4).sigmas[3]) == pytest.approx(s * 0.25 / (1 + (s - 1) * 0.25), abs=1e-6)
+    torch.testing.assert_close(gen.schedule(3).sigmas, stock3)
+    torch.testing.assert_close(gen.schedule(1).sigmas, stock1)

@@ -1,0 +1,178 @@
+"""RTDMD stage 2, the hybrid policy gradient (METHODS.md §9; arXiv 2605.26108; ``Harahan/RTDMD:
+rtdmd/trainers/grpo_trainer.py, bp_mixin.py, sde_with_logprob.py``), and the "simple sum" baseline, as functions of
+the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure maths: :mod:`genalign.losses.rtdmd`.
+
+``stage2_mode: hybrid`` (the paper's method), per iteration:
+
+1. the student rolls out G samples per prompt with the CPS kernel (``sampler.kernel: cps``, η = ``sampler.
+   noise_level``, 0.9 in the reference): steps 0..T−2 stochastic with (simplified) log-probs, the last deterministic;
+2. the fake score trains on that rollout with the AC-DMD fake loss (stage 1's; ``fake_updates_per_generator: 1``
+   trains it once per iteration as the reference does);
+3. advantages per reward, per prompt, with the global std; A = Σ_k w_k A_k re-standardised and clipped to ±5
+   (:func:`subgrpo_advantages`);
+4. SubGRPO: PPO-clip (ε = ``clip_range``, 1e-5; no KL) on ``subgrpo_num_steps`` (2) of the T−1 stochastic steps,
+   drawn from (run seed, iteration) — the same on every rank without a collective;
+5. the deterministic last step x_{T−1} → x̂0 with gradient: ``last_dmd_weight``·L_DMD (AC-DMD at σ_s = 0 is DMD) +
+   ``bp_weight``·mean relu(``hinge_margin`` − R_w), R_w = Σ_k w_k·r_k(decode(x̂0)) over the **differentiable**
+   rewards, each as the reward outputs it: the reference's O(1) rescaling (CLIPScore/100, PickScore/26) is the
+   reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already). One backward unit per PPO step and one for the last step:
+   the trainer averages the units, so the weights above are relative to one PPO step's loss (``pg_weight``).
+
+``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
+step unchanged (the deterministic rollout, AC-DMD at a backward-simulated step k) plus ``bp_weight``·the same hinge on
+the rewards of the student's x̂0 at that step: L = ``dm_weight``·L_AC-DMD + λ·mean relu(margin − R_w).
+
+Both start from a stage-1 checkpoint (``init_from``: a checkpoint folder or a run folder, whose latest checkpoint is
+taken): the student's weights and, when the checkpoint has one, the fake score's; the teacher stays the loaded
+pipeline. Not built: the reference's swap of the DMD / fake-score time laws between the stages (both AC times use
+the sub-interval law here, as in stage 1), and its stage-2 EMA (``train.ema`` is the run's own).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+import torch
+
+from genalign.errors import ConfigError, choices
+from genalign.losses.gndm import ppo_clip_loss, ppo_ratio
+from genalign.losses.rtdmd import (
+    reward_hinge_loss, rtdmd_last_step_loss, subgrpo_advantages, subgrpo_steps,
+    weighted_reward,
+)
+
+STAGE2_MODES = ("hybrid", "simple_sum")
+_SUB_SALT = 1313
+
+
+def check_stage2_options(alg) -> None:
+    if alg.stage2_mode not in STAGE2_MODES:
+        raise ConfigError(f"'algorithm.stage2_mode' is {alg.stage2_mode!r}; valid choices: {choices(STAGE2_MODES)}")
+    for k in ("clip_range", "adv_eps", "adv_clip"):
+        if getattr(alg, k) <= 0:
+            raise ConfigError(f"'algorithm.{k}' must be > 0, got {getattr(alg, k)}")
+    for k in ("pg_weight", "last_dmd_weight", "bp_weight"):
+        if getattr(alg, k) < 0:
+            raise ConfigError(f"'algorithm.{k}' must be >= 0, got {getattr(alg, k)}")
+    if alg.subgrpo_num_steps < 1:
+        raise ConfigError(f"'algorithm.subgrpo_num_steps' must be >= 1, got {alg.subgrpo_num_steps}")
+    if not alg.init_from:
+        raise ConfigError("RTDMD stage 2 starts from a stage-1 checkpoint: set 'algorithm.init_from' to a stage-1 "
+                          "checkpoint folder (or its run folder)")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder as given, or the latest checkpoint of a run folder; one line when neither."""
+    from genalign.core.checkpoint import latest_checkpoint
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"'algorithm.init_from' is {path!r}, which is not a folder (a stage-1 checkpoint or run)")
+    if os.path.exists(os.path.join(path, "trainer_state.json")):
+        return path
+    last = latest_checkpoint(path)
+    if last is None:
+        raise ConfigError(f"'algorithm.init_from' {path!r} is neither a checkpoint nor a run with a checkpoint")
+    return last
+
+
+def check_stage2_setup(alg, view) -> None:
+    """What stage 2 needs from the run: rewards (a differentiable one for the hinge), and for the hybrid mode a CPS
+    rollout with at least one stochastic step."""
+    if not view.rewards:
+        raise ConfigError("RTDMD stage 2 trains on rewards: list at least one under 'rewards'")
+    if alg.bp_weight > 0 and not any(getattr(r, "differentiable", False) for r in view.rewards):
+        raise ConfigError("RTDMD stage 2's reward backprop (bp_weight > 0) needs a differentiable reward (e.g. "
+                          "digit_correctness, clipscore, pickscore); set bp_weight: 0 to train without it")
+    if alg.stage2_mode == "hybrid":
+        scfg = view.cfg.sampler
+        if scfg.kernel != "cps" or scfg.num_steps < 2:
+            raise ConfigError(f"RTDMD stage 2 (hybrid) rolls out with the CPS kernel: set sampler.kernel: cps and "
+                              f"sampler.num_steps >= 2 (got kernel {scfg.kernel!r}, {scfg.num_steps} steps)")
+
+
+def load_stage1(alg, view) -> str:
+    """The stage-1 student's weights into the generator (after the teacher copy exists); returns the checkpoint."""
+    ck = resolve_checkpoint(alg.init_from)
+    view.generator.load_checkpoint(ck)
+    return ck
+
+
+def load_stage1_fake(alg, ck: str) -> bool:
+    """The stage-1 fake score into the fake-score part, when the checkpoint has one (else it starts as a copy of the
+    stage-1 student)."""
+    from genalign.core.checkpoint import read_safetensors
+
+    f = os.path.join(ck, "parts", "fake_score.safetensors")
+    if not os.path.exists(f):
+        return False
+    alg.fake.load_state_dict(read_safetensors(f))
+    return True
+
+
+def stage2_phases(alg, iteration: int):
+    from genalign.core.phases import Phase
+
+    if alg.stage2_mode == "simple_sum":
+        return None  # stage 1's phases
+    out = [Phase(alg.fake_parts(), needs=alg.needs() | {"log_probs"}, name="fake_score")]
+    if alg.trains_generator(iteration):
+        out.append(Phase(("policy",), needs=alg.needs() | {"log_probs", "rewards"}, name="generator"))
+    return out
+
+
+def sub_steps(alg, view, num_steps: int) -> Tuple[int, ...]:
+    """SubGRPO's trained steps of this iteration: ``subgrpo_num_steps`` of the T−1 stochastic CPS steps."""
+    n_sto = num_steps - 1
+    return subgrpo_steps(view.seed(_SUB_SALT), n_sto, min(alg.subgrpo_num_steps, n_sto))
+
+
+def reward_backprop(alg, view, x0: torch.Tensor, ro) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """mean relu(margin − R_w) on the decoded x̂0 through the differentiable rewards (``bp_mixin.py``)."""
+    rewards = [r for r in view.rewards if getattr(r, "differentiable", False)]
+    images = view.generator.decode(x0)
+    meta = ro.metadata or None
+    cols = [r(images, ro.prompts, meta).to(x0.device) for r in rewards]
+    per = torch.nan_to_num(torch.stack(cols, 1), nan=0.0)  # a reward that does not apply contributes nothing
+    r_w = weighted_reward(per, [float(r.weight) for r in rewards])
+    hinge = reward_hinge_loss(r_w, alg.hinge_margin)
+    return hinge, {"bp_reward": float(r_w.detach().mean()), "hinge": float(hinge.detach())}
+
+
+def hybrid_units(alg, view, batch) -> int:
+    return len(sub_steps(alg, view, batch.rollout.schedule.num_steps)) + 1
+
+
+def hybrid_losses(alg, view, batch, items):
+    """SubGRPO's PPO-clip on the seeded stochastic steps, then the deterministic last step's DMD + hinge."""
+    mb, adv = alg.minibatch(batch, items)
+    adv = adv.to(view.device)
+    T = mb.schedule.num_steps
+    ar = torch.arange(len(mb))
+    for j in sub_steps(alg, view, T):
+        jj = torch.full((len(mb),), j, dtype=torch.long)
+        lp, _, _ = view.step_log_prob(mb, jj)
+        ratio = ppo_ratio(lp, mb.log_probs[ar, jj].to(lp.device))
+        loss, st = ppo_clip_loss(ratio, adv, alg.clip_range)
+        yield alg.pg_weight * loss, {"policy_loss": float(loss.detach()), "ratio": float(ratio.detach().mean()),
+                                     **st}
+    pos, cond_cfg = alg.conditioning(view, mb.prompts)
+    dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
+    hinge, bst = reward_backprop(alg, view, x_s, mb)
+    loss = rtdmd_last_step_loss(dm, hinge, alg.last_dmd_weight, alg.bp_weight)
+    yield loss, {"last_dm_loss": float(dm.detach()), "last_loss": float(loss.detach()), **st, **bst}
+
+
+def simple_sum_loss(alg, view, batch, ro):
+    """The baseline: stage 1's generator loss + λ·hinge on the rewards of the student's x̂0 at the same step."""
+    pos, cond_cfg = alg.conditioning(view, ro.prompts)
+    k = alg.simulation_step(view, ro.schedule.num_steps)
+    dm, _, x0, st = alg.ac_dmd_term(view, ro, k, pos, cond_cfg)
+    hinge, bst = reward_backprop(alg, view, x0, ro)
+    loss = rtdmd_last_step_loss(dm, hinge, alg.dm_weight, alg.bp_weight)  # the same weighted sum, other weights
+    return loss, {"dm_loss": float(dm.detach()), **st, **bst}
+
+
+def stage2_advantages(alg, per_reward, weights, group_ids):
+    adv = subgrpo_advantages(per_reward, weights, group_ids, alg.adv_eps, alg.adv_clip)
+    return adv, {"adv_abs": float(adv.abs().mean())}, torch.ones(adv.shape[0], dtype=torch.bool)

@@ -1,0 +1,181 @@
+"""RTDMD stage 2 on the trainer (tiny sd3): it starts from a stage-1 checkpoint (student and fake score; the
+teacher stays the loaded pipeline), the hybrid policy gradient trains the student on SubGRPO steps + the last step's
+DMD + hinge reward backprop and the fake score on the rollout; the simple-sum baseline trains; bad setups refuse in
+one line."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genalign.errors import ConfigError
+from tests.algorithms.test_dmd2 import dmd2_config
+from tests.algorithms.trainer_utils import changed, make_config, snapshot, trainer_for
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    """A 2-iteration stage-1 (AC-DMD) run of the tiny sd3 student (full fine-tune, 3 steps)."""
+    tmp = tmp_path_factory.mktemp("stage1")
+    cfg = dmd2_config(tmp, "sd3", steps=3, rank=0)
+    cfg.algorithm.name = "rtdmd"
+    trainer_for(cfg).train()
+    return cfg.run.output_dir
+
+
+def stage2_config(tmp_path, stage1, mode="hybrid", **alg):
+    algorithm = {"name": "rtdmd", "stage": 2, "init_from": stage1, "stage2_mode": mode,
+                 "fake_updates_per_generator": 1, "real_guidance": 2.0, "pg_weight": 1.0, "last_dmd_weight": 1.0,
+                 "bp_weight": 1.0, **alg}
+    cfg = make_config(tmp_path, algorithm, rewards=[{"name": "brightness"}], family="sd3", iterations=2)
+    cfg.sampler.num_steps = cfg.sampler.eval_num_steps = 3
+    cfg.sampler.guidance_scale = 1.0
+    cfg.sampler.kernel = "cps" if mode == "hybrid" else "ode"
+    cfg.sampler.noise_level = 0.9
+    cfg.model.lora.rank = 0
+    return cfg
+
+
+def _fake_state(tr):
+    return {k: v.detach().clone() for k, v in tr.algorithm.fake.state_dict().items()}
+
+
+def test_stage2_hybrid_starts_from_stage1_and_trains_student_and_fake_score(tmp_path, stage1_run):
+    from genalign.core.checkpoint import latest_checkpoint
+
+    ck = latest_checkpoint(stage1_run)
+    cfg = stage2_config(tmp_path, stage1_run)
+    tr = trainer_for(cfg)
+    # the student and the fake score are stage 1's; the teacher is the loaded pipeline, not the student
+    s1_fake = load_file(os.path.join(ck, "parts", "fake_score.safetensors"))
+    for k, v in tr.algorithm.fake.state_dict().items():
+        assert torch.equal(v, s1_fake[k]), k
+    s1_student = {n: p.detach().clone() for n, p in tr.generator.denoiser.named_parameters()}
+
+    fresh = trainer_for(dmd2_config(tmp_path / "fresh", "sd3", steps=3, rank=0))
+    moved = [n for n, p in fresh.generator.denoiser.named_parameters() if not torch.equal(p, s1_student[n])]
+    assert moved  # stage 1 trained the student
+    ref = dict(tr.generator.ref_denoiser.named_parameters())
+    for n, p in fresh.generator.denoiser.named_parameters():
+        assert torch.equal(ref[n], p), n  # the teacher copy is the original pipeline
+    names = [ph.name for ph in tr.algorithm.phases(0)]
+    assert names == ["fake_score", "generator"]
+    assert "rewards" in tr.algorithm.phases(0)[1].needs and "log_probs" in tr.algorithm.phases(0)[0].needs
+    before, fake0 = snapshot(tr), _fake_state(tr)
+    tr.train()
+    assert changed(tr, before) == len(before)
+    assert any(not torch.equal(v, tr.algorithm.fake.state_dict()[k]) for k, v in fake0.items())
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    r = rows[0]
+    # two SubGRPO steps of the two stochastic CPS steps + the last step: three units per micro-batch
+    assert tr.algorithm._units == 3
+    for key in ("policy_loss", "ratio", "last_dm_loss", "hinge", "bp_reward", "fake_score/fake_loss"):
+        assert key in r and r[key] == r[key], key
+    assert r["hinge"] == pytest.approx(3.0 - r["bp_reward"], abs=1e-5)  # margin 3 above a [0, 1] reward
+    assert r["sigma_s"] == 0.0  # the last step's DMD is at σ_s = 0
+    assert tr.parts["policy"].steps == 2 and tr.parts["fake_score"].steps == 2
+
+
+def test_stage2_hybrid_last_step_gradient_is_the_weighted_sum_of_its_terms(tmp_path, stage1_run):
+    """The last unit's gradient = last_dmd_weight·∇DMD + bp_weight·∇hinge: checked against the two terms' own
+    gradients on the same rollout (weights 0.3 and 2)."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.core.phases import Batch, Phase
+
+    cfg = stage2_config(tmp_path, stage1_run, last_dmd_weight=0.3, bp_weight=2.0)
+    tr = trainer_for(cfg)
+    alg, view = tr.algorithm, tr.view
+    ro = tr.do_rollout(0, True)
+    batch = Batch(0, rollout=ro, adv=torch.zeros(len(ro)))
+    view.phase = Phase(("policy",), name="generator")
+    params = tr.generator.trainable_parameters()
+
+    def grad_of(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    items = list(range(len(ro)))
+    *_, (last, _) = list(alg.losses(view, batch, items))
+    g_total = grad_of(last)
+    mb = ro.index(items)
+    pos, cond = alg.conditioning(view, mb.prompts)
+    dm, x_s, _, _ = alg.ac_dmd_term(view, mb, ro.schedule.num_steps - 1, pos, cond)
+    hinge, _ = s2.reward_backprop(alg, view, x_s, mb)
+    g_dm, g_h = grad_of(dm), grad_of(hinge)
+    for a, b, c in zip(g_total, g_dm, g_h):
+        if a is None:
+            continue
+        torch.testing.assert_close(a, 0.3 * b + 2.0 * c, atol=1e-6, rtol=1e-4)
+    assert any(a is not None and float(a.abs().max()) > 0 for a in g_total)
+    view.phase = None
+
+
+def test_stage2_simple_sum_trains_with_reward_backprop(tmp_path, stage1_run):
+    cfg = stage2_config(tmp_path, stage1_run, mode="simple_sum", fake_updates_per_generator=2)
+    tr = trainer_for(cfg)
+    assert [ph.name for ph in tr.algorithm.phases(1)] == ["fake_score", "generator"]
+    assert "log_probs" not in tr.algorithm.phases(1)[1].needs
+    before = snapshot(tr)
+    tr.train()
+    assert changed(tr, before) == len(before)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    assert rows[1]["dm_loss"] > 0 and rows[1]["hinge"] == pytest.approx(3.0 - rows[1]["bp_reward"], abs=1e-5)
+
+
+def test_stage2_refuses_bad_setups_in_one_line(tmp_path, stage1_run):
+    from genalign.algorithms.rtdmd import RTDMD
+
+    with pytest.raises(ConfigError, match="init_from"):
+        RTDMD(stage=2)
+    with pytest.raises(ConfigError, match="stage2_mode"):
+        RTDMD(stage=2, init_from=stage1_run, stage2_mode="sum")
+    with pytest.raises(ConfigError, match="valid choices: 1"):
+        RTDMD(stage=3)
+    cfg = stage2_config(tmp_path / "a", stage1_run)
+    cfg.sampler.kernel = "ode"
+    with pytest.raises(ConfigError, match="sampler.kernel: cps"):
+        trainer_for(cfg)
+    cfg = stage2_config(tmp_path / "b", stage1_run)
+    cfg.algorithm.args["init_from"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="not a folder"):
+        trainer_for(cfg)
+    cfg = stage2_config(tmp_path / "c", stage1_run)
+    cfg.rewards[0].name = "jpeg_compressibility"
+    with pytest.raises(ConfigError, match="differentiable reward"):
+        trainer_for(cfg)
+
+
+def test_stage2_kill_and_resume_is_bit_identical(tmp_path, stage1_run):
+    """A resumed stage-2 run loads its own checkpoint over the stage-1 weights it starts from: the student and the
+    fake score end bit-identical to an uninterrupted run's."""
+    from genalign.core.checkpoint import latest_checkpoint
+
+    def cfg_for(run, iterations, resume=False):
+        c = stage2_config(tmp_path / run, stage1_run)
+        c.train.iterations, c.train.save_every, c.run.resume = iterations, 1, resume
+        return c
+
+    trainer_for(cfg_for("full", 2)).train()
+    trainer_for(cfg_for("resumed", 1)).train()
+    tr = trainer_for(cfg_for("resumed", 2, resume=True))
+    assert tr.iteration == 1
+    tr.train()
+    out = []
+    for run in ("full", "resumed"):
+        ck = latest_checkpoint(str(tmp_path / run / "run"))
+        sd = {f"fake.{k}": v for k, v in load_file(os.path.join(ck, "parts", "fake_score.safetensors")).items()}
+        sd.update({f"student.{k}": v for k, v in load_file(
+            os.path.join(ck, "transformer", "diffusion_pytorch_model.safetensors")).items()})
+        out.append(sd)
+    assert sorted(out[0]) == sorted(out[1])
+    for k in out[0]:
+        assert torch.equal(out[0][k], out[1][k]), k
