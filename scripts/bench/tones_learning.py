@@ -2,10 +2,10 @@
 checkpoint is evaluated on held-out prompts x held-out seeds (offline, CPU, one thread).
 
     python scripts/bench/tones_learning.py --runs grpo=configs/toy/tones_grpo.yaml \\
-        grpo_nokl=configs/toy/tones_grpo.yaml:algorithm.beta=0 nft=configs/toy/tones_nft.yaml \\
+        "grpo_nokl=configs/toy/tones_grpo.yaml|algorithm.beta=0" nft=configs/toy/tones_nft.yaml \\
         --iterations 30 --save-every 5
 
-A run is NAME=RECIPE[:OVERRIDE[:OVERRIDE...]]. Metrics (eval prompts = every --stride-th of
+A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of
 assets/tones/prompts/eval.txt, never trained on; seeds 1000.. (--seeds of them), never seen in training or in the
 base's selection; the recipe's deterministic evaluation sampler):
   correctness   tone_correctness (are the caption's notes the spectral peaks), mean
@@ -87,7 +87,7 @@ def write_artefacts(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, sample_ra
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", nargs="+", required=True, help="NAME=RECIPE[:OVERRIDE...]")
+    ap.add_argument("--runs", nargs="+", required=True, help="NAME=RECIPE[|OVERRIDE...]")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=4)
@@ -106,7 +106,7 @@ def main():
     base, rows, curves = None, [], []
     for spec in args.runs:
         name, rest = spec.split("=", 1)
-        rec, *over = rest.split(":")
+        rec, *over = rest.split("|")
         out = os.path.join(args.out, name)
         cpu = float("nan")
         if not args.skip_train:
