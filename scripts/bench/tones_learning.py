@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--out", default="runs/bench_tones")
     ap.add_argument("--artefacts", default=None, help="write before/after media here (4 prompts x 2 seeds)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate existing run folders only")
+    ap.add_argument("--ckpt-stride", type=int, default=1, help="evaluate every n-th checkpoint (and the last)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from genalign.config import load_config
@@ -131,7 +132,8 @@ def main():
             base = metrics(x, P, args.seeds)
             base_x = x
         curve = []
-        for ck in list_checkpoints(out):
+        cks = list_checkpoints(out)
+        for ck in [c for i, c in enumerate(cks) if i % args.ckpt_stride == args.ckpt_stride - 1 or i == len(cks) - 1]:
             st = json.load(open(os.path.join(ck, "trainer_state.json")))
             x, P, S = samples_of(generator(cfg, ck), cfg.sampler, prompts, args.seeds)
             m = metrics(x, P, args.seeds)
@@ -158,7 +160,7 @@ def main():
                             {k: after["per"][k][pick] for k in WIN_REWARDS}, sr)
     if base is None:
         return
-    print(f"\n{args.iterations} iterations per run; {len(prompts)} held-out prompts x seeds 1000..{999 + args.seeds}; "
+    print(f"\n{len(prompts)} held-out prompts x seeds 1000..{999 + args.seeds}; "
           "CPU, 1 thread; last checkpoint")
     print("| run | correctness | FAD real | FAD staccato | onset | stacc. cos | diversity | trajectories | "
           f"traj. to {args.level} | CPU s |")
