@@ -447,7 +447,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"reward '{spec.name}' (rewards.{i}) scores {scores}, but model family "
                               f"'{cfg.model.family}' generates {made}; choose a reward for {made}")
     if made == "audio":  # a reward's sample rate against the generator's (one-line error on a mismatch)
-        from .rewards.audio import check_reward_sample_rates
+        from .config_checks import check_reward_sample_rates
 
         check_reward_sample_rates(cfg.model.sample_rate or _pipeline_sample_rate(cfg.model.path), cfg.rewards,
                                   cfg.model.family)

@@ -30,7 +30,7 @@ def _tones_cfg(*overrides):
 
 
 def test_declared_sample_rate_reads_args_encoders_and_defaults():
-    from genalign.rewards.audio import declared_sample_rate
+    from genalign.config_checks import declared_sample_rate
 
     assert declared_sample_rate(REWARDS.get("tone_correctness"), {}) == 8000  # the constructor default
     assert declared_sample_rate(REWARDS.get("tone_correctness"), {"sample_rate": 16000}) == 16000
@@ -53,4 +53,6 @@ def test_reward_sample_rate_mismatch_is_a_one_line_error():
         assert "\n" not in msg and "rewards.0" in msg and where in msg, msg
     # the rate comes from the pipeline's VAE config when model.sample_rate is null
     with pytest.raises(ConfigError, match="generates 8000 Hz"):
-        _tones_cfg("model.sample_rate=null", "rewards=[{name: loudness, args: {sample_rate: 44100}}]")
+        _tones_cfg("model.sample_rate=null", "rewards=[{name: onset_sharpness, args: {sample_rate: 44100}}]")
+    # loudness (an RMS level) reads the same at any rate: not checked
+    _tones_cfg("rewards=[{name: loudness, args: {sample_rate: 44100}}]")
