@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
@@ -445,10 +446,26 @@ def validate(cfg: Config) -> None:
         if scores not in ("any", made):
             raise ConfigError(f"reward '{spec.name}' (rewards.{i}) scores {scores}, but model family "
                               f"'{cfg.model.family}' generates {made}; choose a reward for {made}")
+    if made == "audio":  # a reward's sample rate against the generator's (one-line error on a mismatch)
+        from .config_checks import check_reward_sample_rates
+
+        check_reward_sample_rates(cfg.model.sample_rate or _pipeline_sample_rate(cfg.model.path), cfg.rewards,
+                                  cfg.model.family)
     if not cfg.data.prompts:
         raise ConfigError("'data.prompts' is empty; give a prompts file (.txt/.jsonl) or a list of prompts")
     if isinstance(cfg.data.prompts, str) and not os.path.exists(cfg.data.prompts):
         raise ConfigError(f"'data.prompts' file '{cfg.data.prompts}' does not exist")
+
+
+def _pipeline_sample_rate(path: str) -> Optional[int]:
+    """A local audio pipeline's output rate (its VAE config's ``sampling_rate``), None when not readable here."""
+    f = os.path.join(path or "", "vae", "config.json")
+    try:
+        with open(f) as fh:
+            rate = json.load(fh).get("sampling_rate")
+    except (OSError, ValueError):
+        return None
+    return None if rate is None else int(rate)
 
 
 def make_algorithm(alg_cls, args: Dict[str, Any]):

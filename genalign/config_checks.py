@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from .errors import ConfigError
 
@@ -160,3 +160,57 @@ def check_family_matches_pipeline(family: str, path, fam, key: str = "'model.fam
     hint = f"use family {', '.join(fits)}" if fits else "no registered family loads it"
     raise ConfigError(f"{key} is '{family}' (loads {want.__name__}), but '{path}' holds a "
                       f"{name} (model_index.json); {hint}")
+
+
+def _default_arg(obj, name: str):
+    """The default of constructor parameter ``name`` of ``obj`` (None if it has none or cannot be read)."""
+    import inspect
+
+    try:
+        p = inspect.signature(obj).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def declared_sample_rate(rcls, args: Optional[Dict[str, Any]] = None) -> Optional[int]:
+    """The rate (Hz) at which a reward with these config args reads waveforms, without building it: its
+    ``sample_rate`` arg, else its audio encoder's (``encoder_args.sample_rate``, else that encoder's default), else
+    the reward constructor's default; None when it does not say (e.g. an image reward or a plain callable) or its
+    class sets ``rate_independent = True``."""
+    args = dict(args or {})
+    if getattr(rcls, "rate_independent", False):  # e.g. an RMS level: the same at any rate
+        return None
+    if args.get("sample_rate") is not None:
+        return int(args["sample_rate"])
+    enc = args.get("encoder", _default_arg(rcls, "encoder"))
+    if isinstance(enc, str):
+        from .registry import ENCODERS
+
+        try:
+            enc_cls = ENCODERS.get(enc)
+        except Exception:  # noqa: BLE001 - unknown encoder: building the reward names the problem
+            enc_cls = None
+        if enc_cls is not None and getattr(enc_cls, "modality", "any") == "audio":
+            rate = (args.get("encoder_args") or {}).get("sample_rate")
+            rate = rate if rate is not None else _default_arg(enc_cls, "sample_rate")
+            return None if rate is None else int(rate)
+    rate = _default_arg(rcls, "sample_rate")
+    return None if rate is None else int(rate)
+
+
+def check_reward_sample_rates(model_rate: Optional[int], specs, family: str) -> None:
+    """One-line ``ConfigError`` when a reward reads audio at another rate than the generator writes. The choice is
+    an error, not silent resampling: a pitch or loudness reward read at the wrong rate is wrong by the rate ratio,
+    and resampling a generator's output to a reward's rate is a modelling choice the recipe should state (give the
+    reward ``sample_rate``: the model's rate; the audio encoders then resample to their own feature rate)."""
+    if model_rate is None:
+        return
+    from .registry import REWARDS
+
+    for i, spec in enumerate(specs):
+        rate = declared_sample_rate(REWARDS.get(spec.name), spec.args)
+        if rate is not None and int(rate) != int(model_rate):
+            where = "encoder_args.sample_rate" if "encoder" in spec.args or "encoder_args" in spec.args else "sample_rate"
+            raise ConfigError(f"reward '{spec.name}' (rewards.{i}) reads audio at {rate} Hz, but model family "
+                              f"'{family}' generates {int(model_rate)} Hz; set rewards.{i}.args.{where}: {int(model_rate)}")

@@ -43,3 +43,4 @@ class ClapScoreReward(Reward):
         a = F.normalize(self.encoder.encode(samples).float(), dim=-1)
         t = F.normalize(self.encoder.encode_text(list(prompts)).float(), dim=-1)
         return (a * t.to(a.device)).sum(-1).cpu()
+

@@ -166,6 +166,7 @@ class Loudness(_AudioReward):
     """RMS level in dBFS (higher = louder), or ``−|level − target_db|`` when ``target_db`` is given."""
 
     differentiable = True
+    rate_independent = True  # an RMS level: no sample-rate check against the generator
 
     def __init__(self, target_db: Optional[float] = None, sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__(sample_rate)

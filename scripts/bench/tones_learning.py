@@ -1,17 +1,23 @@
-"""Tones-world comparison of objectives under the same budget and held-out seeds (offline, CPU).
+"""Tones-world learning tables: each recipe trains a fixed number of iterations from the shipped base, every saved
+checkpoint is evaluated on held-out prompts x held-out seeds (offline, CPU, one thread).
 
-    python scripts/bench/tones_learning.py --recipes configs/toy/tones_grpo.yaml configs/toy/tones_nft.yaml --minutes 5
-    python scripts/bench/tones_learning.py --recipes configs/toy/tones_grpo.yaml --minutes 5 --extra algorithm.beta=0
+    python scripts/bench/tones_learning.py --runs grpo=configs/toy/tones_grpo.yaml \\
+        "grpo_nokl=configs/toy/tones_grpo.yaml|algorithm.beta=0" nft=configs/toy/tones_nft.yaml \\
+        --iterations 30 --save-every 5
 
-Metrics (eval prompts (every --stride-th of assets/tones/prompts/eval.txt) x held-out seeds 1000.., the recipe's
-deterministic evaluation sampler):
+A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of
+assets/tones/prompts/eval.txt, never trained on; seeds 1000.. (--seeds of them), never seen in training or in the
+base's selection; the recipe's deterministic evaluation sampler):
   correctness   tone_correctness (are the caption's notes the spectral peaks), mean
   FAD real      Fréchet distance of toy-CLAP (encoder `tones`) embeddings to the shipped real tones clips
   FAD stacc.    the same to the staccato exemplar subset (DRAGON's target)
   onset         onset_sharpness (exp(-attack/25 ms))
+  stacc. cos    cosine of each clip's toy-CLAP audio embedding to the centroid of the text exemplars of
+                configs/toy/tones_dragon_text.yaml (the "distance to the described attribute" is 1 - this)
   diversity     mean pairwise toy-CLAP embedding distance among the seeds of each prompt (collapse -> 0)
   win rate      per reward, the fraction of prompt x seed pairs where the fine-tuned clip scores above the base's
   CPU s         process CPU seconds of the training subprocess (the machine is shared: wall time is not a measure)
+--artefacts DIR writes before/after WAVs, spectrogram grids and an index.html per run (genalign.media).
 """
 
 from __future__ import annotations
@@ -28,82 +34,152 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+WIN_REWARDS = ("correctness", "onset", "clap", "stacc_cos")
 
-def samples_of(gen, sampler, prompts, n_seeds, batch=32):
+
+def samples_of(gen, sampler, prompts, n_seeds, batch=48):
     P = [p for p in prompts for _ in range(n_seeds)]
     S = [1000 + i for _ in prompts for i in range(n_seeds)]
     with torch.no_grad():
         x = torch.cat([gen.rollout(P[a:a + batch], S[a:a + batch], sampler, num_steps=sampler.eval_num_steps,
                                    stochastic=False).samples for a in range(0, len(P), batch)])
-    return x, P
+    return x, P, S
 
 
-def evaluate(cfg, ckpt, prompts, n_seeds):
-    from genalign.registry import MODELS, REWARDS
-    from genalign.tones.assets import REAL, STACCATO, tones_asset
+class Metrics:
+    def __init__(self):
+        from genalign.config import load_config
+        from genalign.registry import REWARDS
+        from genalign.tones.assets import REAL, STACCATO, tones_asset
+
+        self.fad_real = REWARDS.get("fd")(encoder="tones", reference=tones_asset(REAL))
+        self.fad_st = REWARDS.get("fd")(encoder="tones", reference=tones_asset(STACCATO))
+        text = load_config(os.path.join(REPO, "configs/toy/tones_dragon_text.yaml")).rewards[0].args["reference"]
+        self.text_cos = REWARDS.get("centroid_similarity")(encoder="tones", reference=text, reference_kind="text")
+        self.correct = REWARDS.get("tone_correctness")()
+        self.onset = REWARDS.get("onset_sharpness")()
+        self.clap = REWARDS.get("tones_clap_score")()
+
+    def __call__(self, x, P, n_seeds):
+        per = {"correctness": self.correct(x, P), "onset": self.onset(x, P), "clap": self.clap(x, P),
+               "stacc_cos": self.text_cos(x, P)}
+        e = self.fad_real.embed(x)
+        div = [float(torch.pdist(e[i * n_seeds:(i + 1) * n_seeds]).mean()) for i in range(len(P) // n_seeds)]
+        return {"per": per, "correctness": float(torch.nanmean(per["correctness"])), "onset": float(per["onset"].mean()),
+                "stacc_cos": float(per["stacc_cos"].mean()), "fad_real": float(-self.fad_real.set_value(x)),
+                "fad_staccato": float(-self.fad_st.set_value(x)), "diversity": sum(div) / len(div)}
+
+
+def generator(cfg, ckpt):
+    from genalign.registry import MODELS
 
     gen = MODELS.get(cfg.model.family).load(cfg.model)
     if ckpt is not None:
         gen.load_checkpoint(ckpt)
-    x, P = samples_of(gen, cfg.sampler, prompts, n_seeds)
-    per = {"correctness": REWARDS.get("tone_correctness")()(x, P), "onset": REWARDS.get("onset_sharpness")()(x, P)}
-    fad_real = REWARDS.get("fd")(encoder="tones", reference=tones_asset(REAL))
-    fad_st = REWARDS.get("fd")(encoder="tones", reference=tones_asset(STACCATO))
-    e = fad_real.embed(x)
-    div = [float(torch.pdist(e[i * n_seeds:(i + 1) * n_seeds]).mean()) for i in range(len(prompts))]
-    return {"per": per, "correctness": float(torch.nanmean(per["correctness"])), "onset": float(per["onset"].mean()),
-            "fad_real": float(-fad_real.set_value(x)), "fad_staccato": float(-fad_st.set_value(x)),
-            "diversity": sum(div) / len(div)}
+    return gen
+
+
+def write_artefacts(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, sample_rate):
+    from genalign.evaluation import write_evaluation
+
+    write_evaluation(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, "audio", sample_rate)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipes", nargs="+", required=True)
-    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--runs", nargs="+", required=True, help="NAME=RECIPE[|OVERRIDE...]")
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--stride", type=int, default=3, help="every n-th eval prompt")
+    ap.add_argument("--level", type=float, default=0.9, help="correctness level for trajectories-to-level")
     ap.add_argument("--out", default="runs/bench_tones")
-    ap.add_argument("--extra", nargs="*", default=[], help="overrides for every recipe")
+    ap.add_argument("--artefacts", default=None, help="write before/after media here (4 prompts x 2 seeds)")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate existing run folders only")
+    ap.add_argument("--ckpt-stride", type=int, default=1, help="evaluate every n-th checkpoint (and the last)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from genalign.config import load_config
     from genalign.io import read_prompts
-    from genalign.trainer import latest_checkpoint
+    from genalign.trainer import list_checkpoints
 
-    rows, base = [], None
-    for rec in args.recipes:
-        name = os.path.splitext(os.path.basename(rec))[0] + ("+" + "+".join(args.extra) if args.extra else "")
-        out = os.path.join(args.out, name.replace("=", "").replace("/", "_"))
-        cmd = [sys.executable, "-m", "genalign", "train", rec, f"run.output_dir={out}", "run.overwrite=true",
-               f"train.max_minutes={args.minutes}", "train.iterations=100000", "train.eval_every=0",
-               "train.save_every=0", "run.progress=false", "run.log_with=[none]", *args.extra]
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if r.returncode != 0:
-            print(f"{name}: failed\n{r.stderr[-2000:]}")
-            continue
-        cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-        summary = json.load(open(os.path.join(out, "summary.json")))
+    metrics = Metrics()
+    base, rows, curves = None, [], []
+    for spec in args.runs:
+        name, rest = spec.split("=", 1)
+        rec, *over = rest.split("|")
+        out = os.path.join(args.out, name)
+        cpu = float("nan")
+        if not args.skip_train:
+            cmd = [sys.executable, "-m", "genalign", "train", rec, f"run.output_dir={out}", "run.overwrite=true",
+                   f"train.iterations={args.iterations}", "train.max_minutes=0", "train.eval_every=0",
+                   f"train.save_every={args.save_every}", "train.keep_checkpoints=0", "run.progress=false",
+                   "run.log_with=[none]", *over]
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if r.returncode != 0:
+                print(f"{name}: failed\n{r.stderr[-3000:]}", flush=True)
+                continue
+            cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+            json.dump({"cpu_s": cpu, "cmd": cmd}, open(os.path.join(out, "bench_cpu.json"), "w"))
+        elif os.path.exists(os.path.join(out, "bench_cpu.json")):
+            cpu = json.load(open(os.path.join(out, "bench_cpu.json")))["cpu_s"]
         cfg = load_config(os.path.join(out, "config.yaml"))
         prompts = read_prompts(cfg.data.eval_prompts)[::args.stride]
         if base is None:
-            base = evaluate(cfg, None, prompts, args.seeds)
-        after = evaluate(cfg, latest_checkpoint(out), prompts, args.seeds)
-        wins = {k: float((after["per"][k] > base["per"][k]).float().mean()) for k in base["per"]}
-        rows.append((name, after, wins, summary["trajectories"], cpu))
+            x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
+            base = metrics(x, P, args.seeds)
+            base_x = x
+        curve = []
+        cks = list_checkpoints(out)
+        for ck in [c for i, c in enumerate(cks) if i % args.ckpt_stride == args.ckpt_stride - 1 or i == len(cks) - 1]:
+            st = json.load(open(os.path.join(ck, "trainer_state.json")))
+            x, P, S = samples_of(generator(cfg, ck), cfg.sampler, prompts, args.seeds)
+            m = metrics(x, P, args.seeds)
+            curve.append((st["iteration"], st["counters"]["trajectories"], m))
+            print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
+                  f"FAD real {m['fad_real']:.2f} FAD st {m['fad_staccato']:.2f} div {m['diversity']:.3f}", flush=True)
+        if not curve:
+            continue
+        after = curve[-1][2]
+        wins = {k: float((after["per"][k] > base["per"][k]).float().mean()) for k in WIN_REWARDS}
+        reach = next((traj for _, traj, m in curve if m["correctness"] >= args.level), None)
+        rows.append((name, after, wins, curve[-1][1], cpu, reach))
+        curves.append((name, curve))
+        if args.artefacts:
+            n_p, n_s = 4, 2
+            pick = [i * args.seeds + s for i in range(0, len(prompts), max(1, len(prompts) // n_p))[:n_p]
+                    for s in range(n_s)]
+            Pp, Sp = [P[i] for i in pick], [S[i] for i in pick]
+            sr = cfg.model.sample_rate
+            if not os.path.exists(os.path.join(args.artefacts, "base")):
+                write_artefacts(os.path.join(args.artefacts, "base"), "base", base_x[pick], Pp, Sp, n_p, n_s,
+                                {k: base["per"][k][pick] for k in WIN_REWARDS}, sr)
+            write_artefacts(os.path.join(args.artefacts, name), name, x[pick], Pp, Sp, n_p, n_s,
+                            {k: after["per"][k][pick] for k in WIN_REWARDS}, sr)
     if base is None:
         return
-    print(f"\nbudget {args.minutes} min wall per objective; {len(prompts)} held-out prompts x seeds 1000.."
-          f"{999 + args.seeds}; CPU, 1 thread")
-    print("| objective | correctness | FAD real | FAD staccato | onset | diversity | win corr. | win onset | "
-          "trajectories | CPU s |")
+    print(f"\n{len(prompts)} held-out prompts x seeds 1000..{999 + args.seeds}; "
+          "CPU, 1 thread; last checkpoint")
+    print("| run | correctness | FAD real | FAD staccato | onset | stacc. cos | diversity | trajectories | "
+          f"traj. to {args.level} | CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| base | {base['correctness']:.3f} | {base['fad_real']:.2f} | {base['fad_staccato']:.2f} | "
-          f"{base['onset']:.3f} | {base['diversity']:.3f} | – | – | 0 | – |")
-    for name, a, w, traj, cpu in rows:
+          f"{base['onset']:.3f} | {base['stacc_cos']:.3f} | {base['diversity']:.3f} | 0 | – | – |")
+    for name, a, w, traj, cpu, reach in rows:
         print(f"| {name} | {a['correctness']:.3f} | {a['fad_real']:.2f} | {a['fad_staccato']:.2f} | {a['onset']:.3f} | "
-              f"{a['diversity']:.3f} | {w['correctness']:.2f} | {w['onset']:.2f} | {traj} | {cpu:.0f} |")
+              f"{a['stacc_cos']:.3f} | {a['diversity']:.3f} | {traj} | {reach if reach is not None else '–'} | "
+              f"{cpu:.0f} |")
+    print("\nwin rate vs base (fraction of prompt x seed pairs where the run's clip scores higher)")
+    print("| run | " + " | ".join(WIN_REWARDS) + " |")
+    print("|---|" + "---|" * len(WIN_REWARDS))
+    for name, a, w, *_ in rows:
+        print(f"| {name} | " + " | ".join(f"{w[k]:.2f}" for k in WIN_REWARDS) + " |")
+    print("\ncurves (iteration: trajectories, correctness, FAD real, FAD staccato)")
+    for name, curve in curves:
+        print(f"{name}: " + "; ".join(f"{it}: {traj}, {m['correctness']:.3f}, {m['fad_real']:.2f}, "
+                                      f"{m['fad_staccato']:.2f}" for it, traj, m in curve))
 
 
 if __name__ == "__main__":
