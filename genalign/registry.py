@@ -117,5 +117,5 @@ ENCODERS = Registry(  # embedding models of the distributional rewards (exemplar
 MODELS = Registry(
     "model family",
     modules=["genalign.models.sd3", "genalign.models.flux", "genalign.models.sd",
-             "genalign.models.stable_audio"],
+             "genalign.models.stable_audio", "genalign.models.stable_audio3"],
 )

@@ -210,3 +210,64 @@ def build_tiny_stable_audio(out_dir: str, seed: int = 0) -> str:
                                transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- Stable Audio 3
+def build_gemma_tokenizer(out_dir: str, max_length: int = 16):
+    """A small character-level Gemma tokenizer (``GemmaTokenizer``: BPE with no merges over ``▁``, letters, digits
+    and a little punctuation; ``<bos>`` prepended, ``<pad>`` id 0, right padding), built offline."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,-'")
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length, add_bos_token=True,
+                         padding_side="right")
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save_pretrained(out_dir)
+    return GemmaTokenizer.from_pretrained(out_dir)
+
+
+def build_tiny_stable_audio3(out_dir: str, seed: int = 0, stochastic_sampling: bool = False) -> str:
+    """Stable-Audio-3-shaped ``StableAudio3Pipeline`` from the component sizes of diffusers' own pipeline test:
+    ``StableAudio3DiTModel`` (2 blocks, 8 latent channels), ``AutoencoderSAME`` (stereo, downsampling 4,
+    ``sampling_rate`` 16), a 2-layer ``T5GemmaEncoderModel`` (hidden 16) with the offline Gemma tokenizer (16
+    tokens), ``StableAudio3DurationEmbedder`` and ``FlowMatchEulerDiscreteScheduler`` with model time σ
+    (``num_train_timesteps`` 1: the DiT takes t in [0, 1]); ``stochastic_sampling`` True = the ping-pong sampler."""
+    from diffusers import AutoencoderSAME, FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
+    from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel
+    from transformers.models.t5gemma.configuration_t5gemma import T5GemmaModuleConfig
+
+    dim = 16
+    tok = build_gemma_tokenizer(os.path.join(out_dir, "_tok"))
+    torch.manual_seed(seed)
+    transformer = StableAudio3DiTModel(io_channels=8, patch_size=1, embed_dim=32, depth=2, num_heads=4,
+                                       cond_token_dim=dim, global_cond_dim=dim, local_add_cond_dim=5,
+                                       timestep_features_dim=16, ff_mult=2, num_memory_tokens=3,
+                                       use_differential_attention=False)
+    # the DiT's output convs start at zero (the released init): give them weight so the velocity is not x-free
+    with torch.no_grad():
+        for conv in (transformer.preprocess_conv, transformer.postprocess_conv):
+            conv.weight.normal_(0, 0.3)
+    torch.manual_seed(seed)
+    vae = AutoencoderSAME(audio_channels=2, patch_size=2, encoder_channels=8, encoder_c_mults=(2,),
+                          encoder_strides=(2,), encoder_transformer_depths=(1,), latent_dim=8,
+                          use_differential_attention=False, dim_heads=4, ff_mult=2, sampling_rate=16)
+    torch.manual_seed(seed)
+    module = T5GemmaModuleConfig(vocab_size=len(tok), hidden_size=dim, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                 max_position_embeddings=64, sliding_window=64,
+                                 layer_types=["full_attention", "full_attention"])
+    text_encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module.to_dict(), decoder=module.to_dict(),
+                                                     is_encoder_decoder=False))
+    torch.manual_seed(seed)
+    duration = StableAudio3DurationEmbedder(output_dim=dim, fourier_dim=16)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0,
+                                                stochastic_sampling=stochastic_sampling)
+    pipe = StableAudio3Pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, duration_embedder=duration,
+                                transformer=transformer, scheduler=scheduler)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
