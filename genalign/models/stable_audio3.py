@@ -58,7 +58,7 @@ class StableAudio3Generator(StableAudioGenerator):
     modality = "audio"
     denoiser_name = "transformer"
     default_lora_targets = ["to_qkv", "to_out", "to_q", "to_kv"]  # self_attn / cross_attn of each DiT block
-    prediction_type = "epsilon"  # the base default (not used by the flow law)
+    prediction_type = Generator.prediction_type  # not stable_audio's v_prediction (unused by the flow law)
     default_seconds = 10.0  # the stock __call__'s duration
     logsnr_min = -6.2  # the stock __call__'s schedule defaults
     logsnr_max = 2.0
@@ -109,9 +109,6 @@ class StableAudio3Generator(StableAudioGenerator):
         sched = _flow_scheduler(self.pipe.scheduler.config, **({} if shift is None else {"shift": shift}))
         sched.set_timesteps(sigmas=self.stock_sigmas(num_steps), device="cpu")
         return Schedule(timesteps=sched.timesteps.float().clone(), sigmas=sched.sigmas.float().clone())
-
-    def sigma_of(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().cpu().float().reshape(-1) / self.law.num_train_timesteps
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], guidance_scale: float, negative: bool = True) -> Dict[str, Any]:
