@@ -33,7 +33,7 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 _Parser = OneLineParser  # errors are one line, exit 2 (argparse's own convention)
 OWN_FILES = ("grid.png", "samples.jsonl", "evals.jsonl", "index.html")
 SAMPLE_FILE = re.compile(r"^\d{4,}_seed\d+\.(png|wav)$")  # what sample_to_dir writes, with OWN_FILES
-FAMILIES = ["sd3", "flux", "sd", "sdxl", "stable_audio"]  # `--family` choices (the model registry's names)
+FAMILIES = ["sd3", "flux", "sd", "sdxl", "stable_audio", "stable_audio3"]  # `--family` choices (the model registry's names)
 _OVERRIDE_KEY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*$")
 
 
@@ -108,10 +108,11 @@ def _guess_family(model: str) -> str:
         with open(index) as f:
             cls = json.load(f).get("_class_name", "")
         table = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "StableDiffusionPipeline": "sd",
-                 "StableDiffusionXLPipeline": "sdxl", "StableAudioPipeline": "stable_audio"}
+                 "StableDiffusionXLPipeline": "sdxl", "StableAudioPipeline": "stable_audio",
+                 "StableAudio3Pipeline": "stable_audio3"}
         if cls in table:
             return table[cls]
-    raise ConfigError(f"cannot tell the model family of '{model}'; pass --family (sd3, flux, sd, sdxl, stable_audio)")
+    raise ConfigError(f"cannot tell the model family of '{model}'; pass --family ({', '.join(FAMILIES)})")
 
 
 def _reward_spec(text: str):

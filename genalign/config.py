@@ -38,7 +38,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = field(default="sd3", metadata={"help": "Model family adapter: sd3 | flux | sd | sdxl | stable_audio."})
+    family: str = field(default="sd3", metadata={"help": "Model family adapter: sd3 | flux | sd | sdxl | stable_audio | stable_audio3."})
     path: str = field(default="", metadata={"help": "Hub id or local path of a diffusers pipeline."})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant, e.g. fp16."})
