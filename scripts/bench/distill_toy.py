@@ -35,24 +35,25 @@ sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 TEACHERS = {"sd3": "assets/toy/digits_flow", "sd": "assets/toy/digits_eps"}
 
 
-def stochastic_samples(gen, sampler, prompts, n_seeds, batch=40):
+def stochastic_samples(gen, sampler, prompts, n_seeds, batch=40, first_seed=1000):
     """Like toy_learning.held_out_samples, with the stochastic kernel of ``sampler`` (e.g. RTDMD's CPS η 0.9): each
     held-out seed also fixes its per-step noise, so the samples are reproducible."""
     P = [p for p in prompts for _ in range(n_seeds)]
-    S = [1000 + i for _ in prompts for i in range(n_seeds)]
+    S = [first_seed + i for _ in prompts for i in range(n_seeds)]
     with torch.no_grad():
         x = torch.cat([gen.rollout(P[a:a + batch], S[a:a + batch], sampler, num_steps=sampler.eval_num_steps,
                                    stochastic=True).samples for a in range(0, len(P), batch)])
     return x, P
 
 
-def metrics(gen, sampler, prompts, n_seeds, stochastic=False):
+def metrics(gen, sampler, prompts, n_seeds, stochastic=False, first_seed=1000):
     from toy_learning import held_out_samples
 
     from genalign.rewards.base import build_reward
     from genalign.toy.metrics import digit_features, fd_to_real, mean_pairwise_distance
 
-    x, P = (stochastic_samples if stochastic else held_out_samples)(gen, sampler, prompts, n_seeds)
+    x, P = (stochastic_samples if stochastic else held_out_samples)(gen, sampler, prompts, n_seeds,
+                                                                    first_seed=first_seed)
     feats = digit_features(x)
     div = [mean_pairwise_distance(feats[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
     return {"correctness": float(build_reward("digit_correctness")(x, P).mean()), "fd": float(fd_to_real(x)),
@@ -95,7 +96,7 @@ def student_steps(cfg):
     return student_schedule_steps(sigmas, cfg.sampler.num_steps)
 
 
-def student_rows(run, n_seeds, label=None, cps=None):
+def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,)):
     from genalign.config import load_config
     from genalign.io import read_prompts
     from genalign.registry import MODELS
@@ -111,10 +112,12 @@ def student_rows(run, n_seeds, label=None, cps=None):
         sampler = cfg.sampler
         if cps is not None:  # RTDMD's own sampler: CPS with η = cps on every step but the (deterministic) last
             sampler = dataclasses.replace(cfg.sampler, kernel="cps", noise_level=cps)
-        m = metrics(gen, sampler, prompts, n_seeds, stochastic=cps is not None)
         steps = st.get("part_steps", {})
-        row(f"{label or os.path.basename(run)} {os.path.basename(ck)}", m,
-            f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
+        for fs in first_seeds:  # one row per seed split (e.g. validation 2000.., held-out 1000..)
+            m = metrics(gen, sampler, prompts, n_seeds, stochastic=cps is not None, first_seed=fs)
+            split = "" if tuple(first_seeds) == (1000,) else f" seeds {fs}.."
+            row(f"{label or os.path.basename(run)} {os.path.basename(ck)}{split}", m,
+                f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
 
 
 def fake_trace(run, every=50, key="fake_score/fake_loss"):
@@ -154,6 +157,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--cps", type=float, default=None, help="also sample the students with CPS at this η (RTDMD's "
                     "sampler, 0.9), seeded by the held-out seeds")
+    ap.add_argument("--first-seed", type=int, nargs="+", default=[1000], help="evaluate the students at seeds "
+                    "FIRST.. of each split given (1000: the held-out protocol; e.g. 2000 1000 for a validation split "
+                    "to pick a checkpoint on, then the held-out one to report it on)")
     ap.add_argument("--out", default="runs/bench_distill")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,9 +180,11 @@ def main():
         print("| student | correctness | FD to real | diversity | wall min | generator / fake-score steps |")
         print("|---|---|---|---|---|---|")
         for run in runs:
-            student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None)
+            student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None,
+                         first_seeds=args.first_seed)
             if args.cps is not None:
-                student_rows(run, args.seeds, f"{os.path.basename(run)} CPS η {args.cps}", cps=args.cps)
+                student_rows(run, args.seeds, f"{os.path.basename(run)} CPS η {args.cps}", cps=args.cps,
+                             first_seeds=args.first_seed)
         if args.trace:
             for run in runs:
                 fake_trace(run, args.trace)
