@@ -22,6 +22,8 @@ from genalign.errors import ConfigError
 from genalign.registry import MODELS
 from genalign.testing.tiny import build_tiny_stable_audio
 
+from .audio_lora_checks import check_lora_round_trips
+
 PROMPTS = ["a C major chord, bright", "a G note, sine, legato"]
 SEEDS = [5, 9]
 T = 4
@@ -125,52 +127,15 @@ def _probe(g):
 
 
 def test_lora_reference_save_reload_and_fused_export(gen, tiny_path, tmp_path):
-    from peft import PeftModel
+    from diffusers import StableAudioPipeline
 
     from genalign.export import export
 
     named = gen.named_trainable_parameters()
     assert named and all(".lora_A." in n or ".lora_B." in n for n, _ in named)
     assert {n.split(".lora_")[0].split(".")[-2] for n, _ in named} >= {"attn1", "attn2"}
-    x, t, cond = _probe(gen)
-    with torch.no_grad():
-        adapted = gen.model_forward(gen.denoiser, x, t, cond).float()
-        with gen.reference() as ref:
-            base = gen.model_forward(ref, x, t, cond).float()
-        again = gen.model_forward(gen.denoiser, x, t, cond).float()
-    assert float((adapted - base).abs().max()) > 1e-3
-    torch.testing.assert_close(again, adapted, atol=0, rtol=0)
-    fresh = MODELS.get("stable_audio").load(_cfg(tiny_path, rank=0))
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.model_forward(fresh.denoiser, x, t, cond).float(), base, atol=1e-6, rtol=0)
-
-    # a checkpoint-like folder: PEFT adapter + genalign's file; reload into a fresh LoRA generator
-    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-1"
-    gen.save_lora(str(ckpt))
-    assert {"adapter_config.json", "adapter_model.safetensors", "pytorch_lora_weights.safetensors"} <= set(
-        os.listdir(ckpt))
-    other = MODELS.get("stable_audio").load(_cfg(tiny_path))
-    other.load_checkpoint(str(ckpt))
-    with torch.no_grad():
-        # float32 round-off of the reloaded adapter (the same tolerance as peft's own loader below)
-        torch.testing.assert_close(other.model_forward(other.denoiser, x, t, cond).float(), adapted, atol=1e-5,
-                                   rtol=1e-5)
-    # peft's own loader reads the PEFT folder
-    from diffusers import StableAudioPipeline
-
-    pipe = StableAudioPipeline.from_pretrained(tiny_path)
-    peft_net = PeftModel.from_pretrained(pipe.transformer, str(ckpt))
-    with torch.no_grad():
-        torch.testing.assert_close(gen.model_forward(peft_net, x, t, cond).float(), adapted, atol=1e-5, rtol=1e-5)
-
-    # `genalign export --fuse`: a full pipeline that from_pretrained loads, reproducing the adapted model
-    (ckpt / "trainer_state.json").write_text('{"base_model": "%s", "family": "stable_audio", "lora": true}' % tiny_path)
-    out = export(str(ckpt), str(tmp_path / "fused"), fuse=True)
-    fused = StableAudioPipeline.from_pretrained(out)
-    with torch.no_grad():
-        torch.testing.assert_close(gen.model_forward(fused.transformer, x, t, cond).float(), adapted, atol=1e-5,
-                                   rtol=1e-5)
-    assert not any("lora" in k for k in fused.transformer.state_dict())
+    ckpt, _ = check_lora_round_trips(gen, "stable_audio", _cfg, tiny_path, StableAudioPipeline, tmp_path,
+                                     _probe(gen))
     lora_out = export(str(ckpt), str(tmp_path / "lora_only"))  # un-fused: the adapter files
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(lora_out))
 

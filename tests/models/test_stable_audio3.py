@@ -14,7 +14,6 @@ component sizes; a tiny T5Gemma encoder and a character-level Gemma tokenizer).
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -23,6 +22,8 @@ from genalign.config import ModelConfig, SamplerConfig
 from genalign.errors import ConfigError
 from genalign.registry import MODELS
 from genalign.testing.tiny import build_tiny_stable_audio3
+
+from .audio_lora_checks import check_lora_round_trips
 
 PROMPTS = ["a C major chord, bright", "a G note"]
 SEEDS = [5, 9]
@@ -132,42 +133,11 @@ def _probe(g):
 
 def test_lora_reference_save_reload_and_fused_export(gen, tiny_path, tmp_path):
     from diffusers import StableAudio3Pipeline
-    from peft import PeftModel
-
-    from genalign.export import export
 
     named = gen.named_trainable_parameters()
     assert named and all(".lora_A." in n or ".lora_B." in n for n, _ in named)
     assert {n.split(".lora_")[0].rsplit(".", 2)[-2] for n, _ in named} == {"self_attn", "cross_attn"}
-    x, t, cond = _probe(gen)
-    with torch.no_grad():
-        adapted = gen.model_forward(gen.denoiser, x, t, cond).float()
-        with gen.reference() as ref:
-            base = gen.model_forward(ref, x, t, cond).float()
-    assert float((adapted - base).abs().max()) > 1e-3
-    fresh = MODELS.get("stable_audio3").load(_cfg(tiny_path, rank=0))
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.model_forward(fresh.denoiser, x, t, cond).float(), base, atol=1e-6, rtol=0)
-
-    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-1"
-    gen.save_lora(str(ckpt))
-    assert {"adapter_config.json", "adapter_model.safetensors", "pytorch_lora_weights.safetensors"} <= set(
-        os.listdir(ckpt))
-    other = MODELS.get("stable_audio3").load(_cfg(tiny_path))
-    other.load_checkpoint(str(ckpt))
-    with torch.no_grad():
-        torch.testing.assert_close(other.model_forward(other.denoiser, x, t, cond).float(), adapted, atol=1e-5,
-                                   rtol=1e-5)
-    peft_net = PeftModel.from_pretrained(StableAudio3Pipeline.from_pretrained(tiny_path).transformer, str(ckpt))
-    with torch.no_grad():
-        torch.testing.assert_close(gen.model_forward(peft_net, x, t, cond).float(), adapted, atol=1e-5, rtol=1e-5)
-    (ckpt / "trainer_state.json").write_text('{"base_model": "%s", "family": "stable_audio3", "lora": true}'
-                                             % tiny_path)
-    fused = StableAudio3Pipeline.from_pretrained(export(str(ckpt), str(tmp_path / "fused"), fuse=True))
-    with torch.no_grad():
-        torch.testing.assert_close(gen.model_forward(fused.transformer, x, t, cond).float(), adapted, atol=1e-5,
-                                   rtol=1e-5)
-    assert not any("lora" in k for k in fused.transformer.state_dict())
+    check_lora_round_trips(gen, "stable_audio3", _cfg, tiny_path, StableAudio3Pipeline, tmp_path, _probe(gen))
 
 
 def test_bad_durations_and_sample_rates(tiny_path):
