@@ -1,0 +1,38 @@
+"""scripts/build_tones_pipeline.py --phases: the caption noise moves the root by a tritone and nothing else, never
+moves a caption across the train / held-out split, hits the asked fraction, is seeded; bad phases are refused."""
+
+import os
+import sys
+
+import pytest
+
+from tests.core.helpers import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+
+def test_tritone_captions_keep_the_split_and_the_fraction():
+    from build_tones_pipeline import noisy_captions
+
+    from genalign.tones.data import all_labels, parse_prompt
+
+    labels = all_labels() * 10  # every combination, 4320 clips
+    caps = noisy_captions(labels, 0.4, 7)
+    assert caps == noisy_captions(labels, 0.4, 7)  # seeded
+    assert noisy_captions(labels, 0.0, 7) == [lab.caption for lab in labels]
+    changed = [(c, lab) for c, lab in zip(caps, labels) if c != lab.caption]
+    assert 0.37 < len(changed) / len(labels) < 0.43
+    train_caps = {lab.caption for lab in labels if lab.split == "train"}
+    for c, lab in changed:
+        p, q = parse_prompt(c), parse_prompt(lab.caption)
+        assert [(m - n) % 12 for m, n in zip(p.midi_notes, q.midi_notes)] == [6] * len(q.midi_notes)
+        assert (c in train_caps) == (lab.split == "train")  # a held-out caption never labels a training clip
+
+
+@pytest.mark.parametrize("bad", ["2000:1e-3", "x:1e-3:0", "2000:0:0", "2000:1e-3:1.0", "2000:1e-3:0:1"])
+def test_bad_phases_are_refused_in_one_line(bad):
+    from build_tones_pipeline import parse_phases
+
+    with pytest.raises(SystemExit, match="--phases"):
+        parse_phases(bad)
+    assert parse_phases("2250:2e-3:0, 1500:1e-3:0.4") == [(2250, 2e-3, 0.0), (1500, 1e-3, 0.4)]
