@@ -14,6 +14,8 @@ after a small step θ ± α·ĝ along each unit direction (does the direction ra
 
     python scripts/bench/pg_alignment.py configs/toy/tones_grpo.yaml --prompts 6 --group 8 --batches 3
     python scripts/bench/pg_alignment.py configs/toy/flow_grpo.yaml   # a world where GRPO is known to learn
+    ... --variance       # which steps' noise makes a group's rewards differ (where the decisions are taken)
+    ... --ascend 60      # reward backprop from the same weights: how far the reward can be climbed at all
 
 One CPU thread; nothing is downloaded.
 """
@@ -51,6 +53,12 @@ def main(argv=None):
     ap.add_argument("--line-prompts", type=int, default=12)
     ap.add_argument("--line-seeds", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variance", action="store_true", help="also: which steps' noise makes a group's rewards differ "
+                    "(share every sample's noise before step j within a group, draw it independently from j on)")
+    ap.add_argument("--ascend", type=int, default=0, help="also: N steps of Adam on the pathwise reward gradient "
+                    "(reward backprop, 16 samples a step) and the held-out reward every 10: how far the reward can "
+                    "be climbed at all from this model")
+    ap.add_argument("--ascend-lr", type=float, default=1e-4)
     ap.add_argument("--early", type=int, default=0, help="also weigh only the first N trained steps (0 = half)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -193,8 +201,68 @@ def main(argv=None):
             cells.append(f"{a:g}: {up:+.4f} / {down:+.4f}")
         print(f"  {name:22s} (+ / -)  " + "   ".join(cells))
     torch.nn.utils.vector_to_parameters(theta, params)
+    if args.variance:
+        results["variance"] = _variance(gen, model, scfg, mask, all_prompts, score, args)
+    if args.ascend:
+        results["ascend"] = _ascend(gen, model, params, path_grad, score, scfg, window_start, all_prompts, cfg, args)
+        torch.nn.utils.vector_to_parameters(theta, params)
     print(f"# total {time.process_time() - t0:.0f} CPU s")
     return results
+
+
+@torch.no_grad()
+def _variance(gen, model, scfg, mask, all_prompts, score, args):
+    """Within-group reward sd when a group's samples share their noise (initial and per-step) before step j."""
+    from genalign.models.base import per_sample_randn, sample_generators
+
+    T, G = scfg.num_steps, args.group
+    idx = torch.randperm(len(all_prompts), generator=torch.Generator().manual_seed(args.seed + 1))[: args.prompts]
+    prompts = [all_prompts[i] for i in idx.tolist() for _ in range(G)]
+    shared = [1000 * (k // G) for k in range(len(prompts))]
+    own = [1000 * (k // G) + 1 + k % G for k in range(len(prompts))]
+    sch = gen.schedule(T, scfg.shift)
+    cond = gen.encode_for(prompts, scfg.guidance_scale, None)
+    out_sd = []
+    print("within-group reward sd when the noise before step j is shared in a group (j = 0: nothing shared)")
+    for j in range(T + 1):
+        x = gen.initial_noise(shared if j > 0 else own).float()
+        gs, go = sample_generators(shared, "cpu", salt=1), sample_generators(own, "cpu", salt=1)
+        for i in range(T):
+            pred = gen.predict(model, x, sch.timesteps[i], cond, scfg.guidance_scale)
+            ns, no = per_sample_randn(x.shape[1:], gs, "cpu"), per_sample_randn(x.shape[1:], go, "cpu")
+            x = gen.kernel_step(pred, x, i, sch, scfg, bool(mask[i]), noise=(ns if i < j else no) if mask[i] else None
+                                ).prev_sample
+        r = score(gen.decode(x), prompts).view(-1, G)
+        out_sd.append(float(r.std(1).mean()))
+        print(f"  j {j} (sigma {float(sch.sigmas[min(j, T)]):.3g}): within-group sd {out_sd[-1]:.3f}")
+    return out_sd
+
+
+def _ascend(gen, model, params, path_grad, score, scfg, window_start, all_prompts, cfg, args):
+    """Reward backprop (Adam on the pathwise gradient): the held-out reward (every 3rd eval prompt x 2 seeds,
+    the training sampler) every 10 steps."""
+    from genalign.io import read_prompts
+
+    ev_path = cfg.data.eval_prompts if os.path.isabs(cfg.data.eval_prompts) else os.path.join(REPO, cfg.data.eval_prompts)
+    ev = [p for p in read_prompts(ev_path)[::3] for _ in range(2)]
+    ev_seeds = [1000 + k % 2 for k in range(len(ev))]
+    opt = torch.optim.Adam(params, lr=args.ascend_lr)
+    g = torch.Generator().manual_seed(args.seed + 2)
+    curve = []
+    print(f"reward backprop, lr {args.ascend_lr:g}, 16 samples a step: held-out reward")
+    for it in range(args.ascend + 1):
+        if it % 10 == 0 or it == args.ascend:
+            with torch.no_grad():
+                ro = gen.rollout(ev, ev_seeds, scfg, window_start=window_start)
+            curve.append((it, float(score(ro.samples, ev).mean())))
+            print(f"  step {it}: {curve[-1][1]:.3f}")
+        if it == args.ascend:
+            break
+        idx = torch.randint(len(all_prompts), (16,), generator=g).tolist()
+        path_grad([all_prompts[i] for i in idx], [200_000 + 16 * it + k for k in range(16)])  # .grad = -grad R
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return curve
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """scripts/bench/pg_alignment.py: the pathwise reward gradient is an uphill direction on the digits world (the
 reward rises along it and falls against it, while a random direction of the same length barely moves it), and the
 digits world's GRPO score-function gradient leans the same way; a recipe whose reward is not differentiable is
-refused in one line."""
+refused in one line. The variance split and the reward-backprop ceiling run too."""
 
 import importlib.util
 import os
@@ -21,7 +21,8 @@ def _script():
 def test_pathwise_direction_is_uphill_and_pg_leans_with_it(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = _script().main(["configs/toy/flow_grpo.yaml", "--prompts", "4", "--group", "4", "--batches", "2",
-                          "--alphas", "1e-3", "--line-prompts", "8", "--line-seeds", "2"])
+                          "--alphas", "1e-3", "--line-prompts", "8", "--line-seeds", "2", "--variance", "--ascend", "10",
+                          "--ascend-lr", "3e-4"])
     (_, up, down), = res["line"]["path"]
     (_, r_up, r_down), = res["line"]["random"]
     assert up > 0.01 and down < -0.01
@@ -30,6 +31,10 @@ def test_pathwise_direction_is_uphill_and_pg_leans_with_it(monkeypatch):
     assert pg_up > pg_down
     for pg_pg, pg_path in res["schemes"].values():
         assert -1 <= pg_pg <= 1 and -1 <= pg_path <= 1
+    sd = res["variance"]  # sharing more of the noise leaves less to tell a group's samples apart; all of it: none
+    assert sd[0] > 0.1 and sd[-1] == 0.0 and sd[5] < sd[0]
+    (s0, r0), (s1, r1) = res["ascend"]  # reward backprop climbs the held-out reward
+    assert (s0, s1) == (0, 10) and r1 > r0 + 0.03
 
 
 def test_non_differentiable_reward_is_refused(monkeypatch):
