@@ -179,3 +179,43 @@ def test_stage2_kill_and_resume_is_bit_identical(tmp_path, stage1_run):
     assert sorted(out[0]) == sorted(out[1])
     for k in out[0]:
         assert torch.equal(out[0][k], out[1][k]), k
+
+
+def test_stage2_student_ema_starts_from_stage1_and_the_bench_evaluates_it(tmp_path, stage1_run):
+    """``train.ema.decay`` applies to the stage-2 student: its EMA starts from the stage-1 weights (the teacher is not
+    in it), is saved with each checkpoint, and scripts/bench/distill_toy.py's ``load_ema`` (``--ema``) puts those
+    weights, not the live ones, into a freshly loaded student. One generator step at decay 0.5: EMA = (s1 + w1) / 2."""
+    import importlib.util
+
+    from genalign.core.checkpoint import latest_checkpoint
+    from genalign.registry import MODELS
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench", "distill_toy.py")
+    spec = importlib.util.spec_from_file_location("distill_toy_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    cfg = stage2_config(tmp_path, stage1_run)
+    cfg.train.ema.decay, cfg.train.iterations, cfg.train.save_every = 0.5, 1, 1
+    tr = trainer_for(cfg)
+    s1 = [p.detach().clone() for p in tr.generator.trainable_parameters()]
+    ema = tr.parts["policy"].ema
+    assert ema is not None and all(torch.equal(s, p) for s, p in zip(ema.shadow, s1))
+    tr.train()
+    assert tr.parts["policy"].steps == 1
+    w1 = [p.detach().clone() for p in tr.generator.trainable_parameters()]
+    want = [(a + b) / 2 for a, b in zip(s1, w1)]
+    assert any(not torch.equal(a, b) for a, b in zip(s1, w1))  # the step moved the student: EMA ≠ live
+
+    ck = latest_checkpoint(cfg.run.output_dir)
+    gen = MODELS.get("sd3").load(cfg.model)
+    gen.load_checkpoint(ck)
+    for p, w in zip(gen.trainable_parameters(), w1):
+        assert torch.equal(p, w)  # the checkpoint's live weights
+    bench.load_ema(gen, ck)
+    params = gen.trainable_parameters()
+    assert len(params) == len(want)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p, w, rtol=0, atol=1e-6)
+    with pytest.raises(SystemExit, match="no EMA"):  # a run without EMA (stage 1) says so in one line
+        bench.load_ema(gen, latest_checkpoint(stage1_run))
