@@ -23,9 +23,10 @@ step unchanged (the deterministic rollout, AC-DMD at a backward-simulated step k
 the rewards of the student's x̂0 at that step: L = ``dm_weight``·L_AC-DMD + λ·mean relu(margin − R_w).
 
 Both start from a stage-1 checkpoint (``init_from``: a checkpoint folder or a run folder, whose latest checkpoint is
-taken): the student's weights and, when the checkpoint has one, the fake score's; the teacher stays the loaded
-pipeline. Not built: the reference's swap of the DMD / fake-score time laws between the stages (both AC times use
-the sub-interval law here, as in stage 1), and its stage-2 EMA (``train.ema`` is the run's own).
+taken): the student's weights (``init_from_ema``: the checkpoint's EMA of them) and, when the checkpoint has one, the
+fake score's; the teacher stays the loaded pipeline. ``train.ema`` keeps an EMA of the stage-2 student, from the
+weights it starts with; the trainer evaluates with it and ``scripts/bench/distill_toy.py --ema`` measures it. Not built: the reference's swap of the DMD / fake-score time laws between the stages (both AC times use
+the sub-interval law here, as in stage 1).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from genalign.errors import ConfigError, choices
+from genalign.errors import CheckpointError, ConfigError, choices
 from genalign.losses.gndm import ppo_clip_loss, ppo_ratio
 from genalign.losses.rtdmd import (
     reward_hinge_loss, rtdmd_last_step_loss, subgrpo_advantages, subgrpo_steps,
@@ -92,10 +93,34 @@ def check_stage2_setup(alg, view) -> None:
 
 
 def load_stage1(alg, view) -> str:
-    """The stage-1 student's weights into the generator (after the teacher copy exists); returns the checkpoint."""
+    """The stage-1 student's weights (or their EMA) into the generator (after the teacher copy exists); returns the
+    checkpoint."""
     ck = resolve_checkpoint(alg.init_from)
     view.generator.load_checkpoint(ck)
+    if alg.init_from_ema:
+        load_student_ema(view.generator, ck)
     return ck
+
+
+def load_student_ema(generator, ck: str) -> None:
+    """A checkpoint's EMA of the student (``train.ema.decay`` > 0) into ``generator``, which holds the checkpoint's
+    live weights: the LoRA folder ``ema/`` of a LoRA run, else (a full fine-tune, e.g. the toy students) the shadow
+    tensors ``ema.shadow.<i>`` of ``extra_state.safetensors`` in the order of ``generator.trainable_parameters()``."""
+    from genalign.core.checkpoint import read_safetensors
+
+    if os.path.isdir(os.path.join(ck, "ema")):
+        generator.load_checkpoint(os.path.join(ck, "ema"))
+        return
+    f = os.path.join(ck, "extra_state.safetensors")
+    extra = read_safetensors(f) if os.path.exists(f) else {}
+    params = generator.trainable_parameters()
+    shadow = [extra.get(f"ema.shadow.{i}") for i in range(len(params))]
+    if any(s is None or s.shape != p.shape for s, p in zip(shadow, params)) or f"ema.shadow.{len(params)}" in extra:
+        raise CheckpointError(f"checkpoint '{ck}' has no EMA of this student (train.ema.decay was 0, or another "
+                              f"model)")
+    with torch.no_grad():
+        for p, s in zip(params, shadow):
+            p.copy_(s.to(p.dtype))
 
 
 def load_stage1_fake(alg, ck: str) -> bool:

@@ -97,23 +97,11 @@ def student_steps(cfg):
 
 
 def load_ema(gen, ck):
-    """The checkpoint's EMA of the student (``train.ema.decay`` > 0) into ``gen``, which holds its live weights: the
-    LoRA folder ``ema/`` the checkpoint writes for a LoRA run, else (a full fine-tune: the toy students) the shadow
-    tensors ``ema.shadow.<i>`` of ``extra_state.safetensors``, in the order of ``gen.trainable_parameters()``."""
-    if os.path.isdir(os.path.join(ck, "ema")):
-        gen.load_checkpoint(os.path.join(ck, "ema"))
-        return
-    from genalign.core.checkpoint import read_safetensors
+    """The checkpoint's EMA of the student (``train.ema.decay`` > 0) into ``gen``, which holds its live weights (the
+    shadow tensors of a full fine-tune, e.g. the toy students, or the ``ema/`` LoRA folder)."""
+    from genalign.algorithms.rtdmd_stage2 import load_student_ema
 
-    f = os.path.join(ck, "extra_state.safetensors")
-    extra = read_safetensors(f) if os.path.exists(f) else {}
-    params = gen.trainable_parameters()
-    shadow = [extra.get(f"ema.shadow.{i}") for i in range(len(params))]
-    if any(s is None or s.shape != p.shape for s, p in zip(shadow, params)) or f"ema.shadow.{len(params)}" in extra:
-        raise SystemExit(f"checkpoint '{ck}' has no EMA of this student (train.ema.decay was 0, or another model)")
-    with torch.no_grad():
-        for p, s in zip(params, shadow):
-            p.copy_(s.to(p.dtype))
+    load_student_ema(gen, ck)
 
 
 def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,), ema=False):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genalign.errors import ConfigError
+from genalign.errors import CheckpointError, ConfigError
 from tests.algorithms.test_dmd2 import dmd2_config
 from tests.algorithms.trainer_utils import changed, make_config, snapshot, trainer_for
 
@@ -217,5 +217,30 @@ def test_stage2_student_ema_starts_from_stage1_and_the_bench_evaluates_it(tmp_pa
     assert len(params) == len(want)
     for p, w in zip(params, want):
         torch.testing.assert_close(p, w, rtol=0, atol=1e-6)
-    with pytest.raises(SystemExit, match="no EMA"):  # a run without EMA (stage 1) says so in one line
+    with pytest.raises(CheckpointError, match="no EMA"):  # a run without EMA (stage 1) says so in one line
         bench.load_ema(gen, latest_checkpoint(stage1_run))
+
+
+def test_stage2_init_from_ema_starts_from_the_stage1_students_ema(tmp_path, stage1_run):
+    """``init_from_ema``: stage 2's student (and so its own EMA) starts from the stage-1 checkpoint's EMA of the
+    student, not its live weights; a stage-1 checkpoint without an EMA refuses in one line."""
+    s1 = dmd2_config(tmp_path / "s1", "sd3", steps=3, rank=0)
+    s1.algorithm.name = "rtdmd"
+    s1.train.ema.decay = 0.5
+    t1 = trainer_for(s1)
+    t1.train()
+    s1_ema = [s.detach().clone() for s in t1.parts["policy"].ema.shadow]
+    s1_live = [p.detach().clone() for p in t1.generator.trainable_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(s1_ema, s1_live))
+
+    cfg = stage2_config(tmp_path / "s2", s1.run.output_dir, init_from_ema=True)
+    cfg.train.ema.decay = 0.9
+    tr = trainer_for(cfg)
+    params = tr.generator.trainable_parameters()
+    assert len(params) == len(s1_ema)
+    for p, s in zip(params, s1_ema):
+        torch.testing.assert_close(p, s.to(p.dtype), rtol=0, atol=0)
+    for s, p in zip(tr.parts["policy"].ema.shadow, params):
+        assert torch.equal(s, p)  # the stage-2 EMA starts there too
+    with pytest.raises(CheckpointError, match="has no EMA of this student"):
+        trainer_for(stage2_config(tmp_path / "s2b", stage1_run, init_from_ema=True))
