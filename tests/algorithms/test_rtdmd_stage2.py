@@ -140,6 +140,8 @@ def test_stage2_refuses_bad_setups_in_one_line(tmp_path, stage1_run):
         RTDMD(stage=2, init_from=stage1_run, stage2_mode="sum")
     with pytest.raises(ConfigError, match="valid choices: 1"):
         RTDMD(stage=3)
+    with pytest.raises(ConfigError, match="'algorithm.hinge_on' is 'log'; valid choices: .*log_reward"):
+        RTDMD(stage=2, init_from=stage1_run, hinge_on="log")
     cfg = stage2_config(tmp_path / "a", stage1_run)
     cfg.sampler.kernel = "ode"
     with pytest.raises(ConfigError, match="sampler.kernel: cps"):
@@ -244,3 +246,23 @@ def test_stage2_init_from_ema_starts_from_the_stage1_students_ema(tmp_path, stag
         assert torch.equal(s, p)  # the stage-2 EMA starts there too
     with pytest.raises(CheckpointError, match="has no EMA of this student"):
         trainer_for(stage2_config(tmp_path / "s2b", stage1_run, init_from_ema=True))
+
+
+def test_stage2_log_reward_hinge_pinned_and_its_gradient_reaches_wrong_samples():
+    """``hinge_on: log_reward``: mean relu(m − log(R + 1e-6)) against hand values; on a confidently wrong sample
+    (p = 1e-3) its gradient is 1/(p + 1e-6) ≈ 999× the plain hinge's, on a right one (p = 0.9) 1/0.9×."""
+    import math
+
+    from genalign.algorithms.rtdmd_stage2 import hinge_input
+    from genalign.losses.rtdmd import reward_hinge_loss
+
+    r = torch.tensor([0.5, 1e-3, 0.999], dtype=torch.float64)
+    got = reward_hinge_loss(hinge_input(r, "log_reward"), margin=-0.01)
+    want = (max(0.0, -0.01 - math.log(0.5 + 1e-6)) + max(0.0, -0.01 - math.log(1e-3 + 1e-6)) + 0.0) / 3
+    assert float(got) == pytest.approx(want, rel=1e-9)  # p = 0.999 > e^-0.01: no gradient, no loss
+    assert torch.equal(hinge_input(r, "reward"), r)
+    for p, ratio in ((1e-3, 1 / (1e-3 + 1e-6)), (0.9, 1 / (0.9 + 1e-6))):
+        x = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+        g_log, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "log_reward"), 3.0), x)
+        g_lin, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "reward"), 3.0), x)
+        assert float(g_lin) == -1.0 and float(g_log / g_lin) == pytest.approx(ratio, rel=1e-9)
