@@ -50,12 +50,16 @@ class RTDMD(DMD2):
     few_step_sigmas: str = field(default="uniform", metadata={"help": "The reference's 1000/750/500/250 | stock."})
     # stage 2 (rtdmd_stage2.py)
     init_from: Optional[str] = field(default=None, metadata={"help": "Stage 2: stage-1 checkpoint (or run) folder."})
+    init_from_ema: bool = field(default=False, metadata={"help": "Stage 2: start from the stage-1 checkpoint's EMA of "
+                                                         "the student (stage 1 run with train.ema.decay > 0)."})
     stage2_mode: str = field(default="hybrid", metadata={"help": "Stage 2: hybrid | simple_sum (the baseline)."})
     clip_range: float = field(default=1e-5, metadata={"help": "Stage 2: SubGRPO PPO clip ε."})
     subgrpo_num_steps: int = field(default=2, metadata={"help": "Stage 2: trained stochastic steps per iteration."})
     pg_weight: float = field(default=1.0, metadata={"help": "Stage 2: weight of each SubGRPO step's PPO loss."})
     last_dmd_weight: float = field(default=1e-3, metadata={"help": "Stage 2: DMD weight on the last step."})
     bp_weight: float = field(default=1e-4, metadata={"help": "Stage 2: hinge reward-backprop weight (λ)."})
+    hinge_on: str = field(default="reward", metadata={"help": "Stage 2: the hinge's input: reward (the reference) | "
+                                                  "log_reward (log(R_w + 1e-6), a [0, 1] reward; not the paper's)."})
     hinge_margin: float = field(default=3.0, metadata={"help": "Stage 2: margin of relu(margin − R_w)."})
     adv_eps: float = field(default=1e-4, metadata={"help": "Stage 2: advantage std epsilon."})
     adv_clip: float = field(default=5.0, metadata={"help": "Stage 2: advantage clip."})

@@ -15,17 +15,21 @@ the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure mat
 5. the deterministic last step x_{T−1} → x̂0 with gradient: ``last_dmd_weight``·L_DMD (AC-DMD at σ_s = 0 is DMD) +
    ``bp_weight``·mean relu(``hinge_margin`` − R_w), R_w = Σ_k w_k·r_k(decode(x̂0)) over the **differentiable**
    rewards, each as the reward outputs it: the reference's O(1) rescaling (CLIPScore/100, PickScore/26) is the
-   reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already). One backward unit per PPO step and one for the last step:
-   the trainer averages the units, so the weights above are relative to one PPO step's loss (``pg_weight``).
+   reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already);
+   ``hinge_on: log_reward`` (not the paper's) puts log(R_w + 1e-6) in the hinge instead of R_w. One backward unit per
+   PPO step and one for the last step: the trainer averages the units, so the weights above are relative to one PPO
+   step's loss (``pg_weight``).
 
 ``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
 step unchanged (the deterministic rollout, AC-DMD at a backward-simulated step k) plus ``bp_weight``·the same hinge on
 the rewards of the student's x̂0 at that step: L = ``dm_weight``·L_AC-DMD + λ·mean relu(margin − R_w).
 
 Both start from a stage-1 checkpoint (``init_from``: a checkpoint folder or a run folder, whose latest checkpoint is
-taken): the student's weights and, when the checkpoint has one, the fake score's; the teacher stays the loaded
-pipeline. Not built: the reference's swap of the DMD / fake-score time laws between the stages (both AC times use
-the sub-interval law here, as in stage 1), and its stage-2 EMA (``train.ema`` is the run's own).
+taken): the student's weights (``init_from_ema``: the checkpoint's EMA of them) and, when the checkpoint has one, the
+fake score's; the teacher stays the loaded pipeline. ``train.ema`` keeps an EMA of the stage-2 student, from the
+weights it starts with; the trainer evaluates with it and ``scripts/bench/distill_toy.py --ema`` measures it. Not
+built: the reference's swap of the DMD / fake-score time laws between the stages (both AC times use the sub-interval
+law here, as in stage 1).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from genalign.errors import ConfigError, choices
+from genalign.errors import CheckpointError, ConfigError, choices
 from genalign.losses.gndm import ppo_clip_loss, ppo_ratio
 from genalign.losses.rtdmd import (
     reward_hinge_loss, rtdmd_last_step_loss, subgrpo_advantages, subgrpo_steps,
@@ -43,12 +47,16 @@ from genalign.losses.rtdmd import (
 )
 
 STAGE2_MODES = ("hybrid", "simple_sum")
+HINGE_ON = ("reward", "log_reward")
 _SUB_SALT = 1313
+_LOG_EPS = 1e-6
 
 
 def check_stage2_options(alg) -> None:
     if alg.stage2_mode not in STAGE2_MODES:
         raise ConfigError(f"'algorithm.stage2_mode' is {alg.stage2_mode!r}; valid choices: {choices(STAGE2_MODES)}")
+    if alg.hinge_on not in HINGE_ON:
+        raise ConfigError(f"'algorithm.hinge_on' is {alg.hinge_on!r}; valid choices: {choices(HINGE_ON)}")
     for k in ("clip_range", "adv_eps", "adv_clip"):
         if getattr(alg, k) <= 0:
             raise ConfigError(f"'algorithm.{k}' must be > 0, got {getattr(alg, k)}")
@@ -92,10 +100,34 @@ def check_stage2_setup(alg, view) -> None:
 
 
 def load_stage1(alg, view) -> str:
-    """The stage-1 student's weights into the generator (after the teacher copy exists); returns the checkpoint."""
+    """The stage-1 student's weights (or their EMA) into the generator (after the teacher copy exists); returns the
+    checkpoint."""
     ck = resolve_checkpoint(alg.init_from)
     view.generator.load_checkpoint(ck)
+    if alg.init_from_ema:
+        load_student_ema(view.generator, ck)
     return ck
+
+
+def load_student_ema(generator, ck: str) -> None:
+    """A checkpoint's EMA of the student (``train.ema.decay`` > 0) into ``generator``, which holds the checkpoint's
+    live weights: the LoRA folder ``ema/`` of a LoRA run, else (a full fine-tune, e.g. the toy students) the shadow
+    tensors ``ema.shadow.<i>`` of ``extra_state.safetensors`` in the order of ``generator.trainable_parameters()``."""
+    from genalign.core.checkpoint import read_safetensors
+
+    if os.path.isdir(os.path.join(ck, "ema")):
+        generator.load_checkpoint(os.path.join(ck, "ema"))
+        return
+    f = os.path.join(ck, "extra_state.safetensors")
+    extra = read_safetensors(f) if os.path.exists(f) else {}
+    params = generator.trainable_parameters()
+    shadow = [extra.get(f"ema.shadow.{i}") for i in range(len(params))]
+    if any(s is None or s.shape != p.shape for s, p in zip(shadow, params)) or f"ema.shadow.{len(params)}" in extra:
+        raise CheckpointError(f"checkpoint '{ck}' has no EMA of this student (train.ema.decay was 0, or another "
+                              f"model)")
+    with torch.no_grad():
+        for p, s in zip(params, shadow):
+            p.copy_(s.to(p.dtype))
 
 
 def load_stage1_fake(alg, ck: str) -> bool:
@@ -135,8 +167,17 @@ def reward_backprop(alg, view, x0: torch.Tensor, ro) -> Tuple[torch.Tensor, Dict
     cols = [r(images, ro.prompts, meta).to(x0.device) for r in rewards]
     per = torch.nan_to_num(torch.stack(cols, 1), nan=0.0)  # a reward that does not apply contributes nothing
     r_w = weighted_reward(per, [float(r.weight) for r in rewards])
-    hinge = reward_hinge_loss(r_w, alg.hinge_margin)
+    hinge = reward_hinge_loss(hinge_input(r_w, alg.hinge_on), alg.hinge_margin)
     return hinge, {"bp_reward": float(r_w.detach().mean()), "hinge": float(hinge.detach())}
+
+
+def hinge_input(r_w: torch.Tensor, hinge_on: str = "reward") -> torch.Tensor:
+    """What the hinge sees: R_w (``reward``, the reference's) or log(R_w + 1e-6) (``log_reward``; this library's
+    option, not the paper's, for a reward in [0, 1] such as a class probability p: ∇p = p(δ − p)∇logits vanishes
+    on confidently wrong samples, ∇log p does not)."""
+    if hinge_on == "log_reward":
+        return torch.log(r_w.clamp_min(0) + _LOG_EPS)
+    return r_w
 
 
 def hybrid_units(alg, view, batch) -> int:

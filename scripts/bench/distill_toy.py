@@ -11,8 +11,8 @@ prompts × held-out seeds 1000.., correctness, FD to real digits, per-prompt div
     # the ablations (same iterations and seeds; each run's fake-score loss per 50 iterations is printed)
     python scripts/bench/distill_toy.py --recipe configs/toy/dmd2.yaml --iterations 500 --name full \
         --set algorithm.gan=true data.real=toy:digits algorithm.regression_weight=0.25
-    # evaluate the checkpoints of existing runs
-    python scripts/bench/distill_toy.py --runs runs/toy_dmd2
+    # evaluate the checkpoints of existing runs; --ema adds rows for the student's EMA (a run with train.ema.decay)
+    python scripts/bench/distill_toy.py --runs runs/toy_dmd2 --ema
 """
 
 from __future__ import annotations
@@ -96,7 +96,15 @@ def student_steps(cfg):
     return student_schedule_steps(sigmas, cfg.sampler.num_steps)
 
 
-def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,)):
+def load_ema(gen, ck):
+    """The checkpoint's EMA of the student (``train.ema.decay`` > 0) into ``gen``, which holds its live weights (the
+    shadow tensors of a full fine-tune, e.g. the toy students, or the ``ema/`` LoRA folder)."""
+    from genalign.algorithms.rtdmd_stage2 import load_student_ema
+
+    load_student_ema(gen, ck)
+
+
+def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,), ema=False):
     from genalign.config import load_config
     from genalign.io import read_prompts
     from genalign.registry import MODELS
@@ -109,6 +117,8 @@ def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,)):
         gen = MODELS.get(cfg.model.family).load(cfg.model)
         gen.prepare_few_step(student_steps(cfg))
         gen.load_checkpoint(ck)
+        if ema:
+            load_ema(gen, ck)
         sampler = cfg.sampler
         if cps is not None:  # RTDMD's own sampler: CPS with η = cps on every step but the (deterministic) last
             sampler = dataclasses.replace(cfg.sampler, kernel="cps", noise_level=cps)
@@ -116,7 +126,7 @@ def student_rows(run, n_seeds, label=None, cps=None, first_seeds=(1000,)):
         for fs in first_seeds:  # one row per seed split (e.g. validation 2000.., held-out 1000..)
             m = metrics(gen, sampler, prompts, n_seeds, stochastic=cps is not None, first_seed=fs)
             split = "" if tuple(first_seeds) == (1000,) else f" seeds {fs}.."
-            row(f"{label or os.path.basename(run)} {os.path.basename(ck)}{split}", m,
+            row(f"{label or os.path.basename(run)} {os.path.basename(ck)}{' EMA' if ema else ''}{split}", m,
                 f" {st['elapsed'] / 60:.1f} | {steps.get('policy', '?')} / {steps.get('fake_score', '?')} |")
 
 
@@ -160,6 +170,8 @@ def main():
     ap.add_argument("--first-seed", type=int, nargs="+", default=[1000], help="evaluate the students at seeds "
                     "FIRST.. of each split given (1000: the held-out protocol; e.g. 2000 1000 for a validation split "
                     "to pick a checkpoint on, then the held-out one to report it on)")
+    ap.add_argument("--ema", action="store_true", help="also evaluate each checkpoint's EMA of the student (a run "
+                    "trained with train.ema.decay > 0; the trainer's own evaluation uses the EMA too)")
     ap.add_argument("--out", default="runs/bench_distill")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -180,8 +192,10 @@ def main():
         print("| student | correctness | FD to real | diversity | wall min | generator / fake-score steps |")
         print("|---|---|---|---|---|---|")
         for run in runs:
-            student_rows(run, args.seeds, args.name if args.recipe and run == runs[-1] else None,
-                         first_seeds=args.first_seed)
+            label = args.name if args.recipe and run == runs[-1] else None
+            student_rows(run, args.seeds, label, first_seeds=args.first_seed)
+            if args.ema:
+                student_rows(run, args.seeds, label, first_seeds=args.first_seed, ema=True)
             if args.cps is not None:
                 student_rows(run, args.seeds, f"{os.path.basename(run)} CPS η {args.cps}", cps=args.cps,
                              first_seeds=args.first_seed)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genalign.errors import ConfigError
+from genalign.errors import CheckpointError, ConfigError
 from tests.algorithms.test_dmd2 import dmd2_config
 from tests.algorithms.trainer_utils import changed, make_config, snapshot, trainer_for
 
@@ -140,6 +140,8 @@ def test_stage2_refuses_bad_setups_in_one_line(tmp_path, stage1_run):
         RTDMD(stage=2, init_from=stage1_run, stage2_mode="sum")
     with pytest.raises(ConfigError, match="valid choices: 1"):
         RTDMD(stage=3)
+    with pytest.raises(ConfigError, match="'algorithm.hinge_on' is 'log'; valid choices: .*log_reward"):
+        RTDMD(stage=2, init_from=stage1_run, hinge_on="log")
     cfg = stage2_config(tmp_path / "a", stage1_run)
     cfg.sampler.kernel = "ode"
     with pytest.raises(ConfigError, match="sampler.kernel: cps"):
@@ -179,3 +181,88 @@ def test_stage2_kill_and_resume_is_bit_identical(tmp_path, stage1_run):
     assert sorted(out[0]) == sorted(out[1])
     for k in out[0]:
         assert torch.equal(out[0][k], out[1][k]), k
+
+
+def test_stage2_student_ema_starts_from_stage1_and_the_bench_evaluates_it(tmp_path, stage1_run):
+    """``train.ema.decay`` applies to the stage-2 student: its EMA starts from the stage-1 weights (the teacher is not
+    in it), is saved with each checkpoint, and scripts/bench/distill_toy.py's ``load_ema`` (``--ema``) puts those
+    weights, not the live ones, into a freshly loaded student. One generator step at decay 0.5: EMA = (s1 + w1) / 2."""
+    import importlib.util
+
+    from genalign.core.checkpoint import latest_checkpoint
+    from genalign.registry import MODELS
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench", "distill_toy.py")
+    spec = importlib.util.spec_from_file_location("distill_toy_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    cfg = stage2_config(tmp_path, stage1_run)
+    cfg.train.ema.decay, cfg.train.iterations, cfg.train.save_every = 0.5, 1, 1
+    tr = trainer_for(cfg)
+    s1 = [p.detach().clone() for p in tr.generator.trainable_parameters()]
+    ema = tr.parts["policy"].ema
+    assert ema is not None and all(torch.equal(s, p) for s, p in zip(ema.shadow, s1))
+    tr.train()
+    assert tr.parts["policy"].steps == 1
+    w1 = [p.detach().clone() for p in tr.generator.trainable_parameters()]
+    want = [(a + b) / 2 for a, b in zip(s1, w1)]
+    assert any(not torch.equal(a, b) for a, b in zip(s1, w1))  # the step moved the student: EMA ≠ live
+
+    ck = latest_checkpoint(cfg.run.output_dir)
+    gen = MODELS.get("sd3").load(cfg.model)
+    gen.load_checkpoint(ck)
+    for p, w in zip(gen.trainable_parameters(), w1):
+        assert torch.equal(p, w)  # the checkpoint's live weights
+    bench.load_ema(gen, ck)
+    params = gen.trainable_parameters()
+    assert len(params) == len(want)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p, w, rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="no EMA"):  # a run without EMA (stage 1) says so in one line
+        bench.load_ema(gen, latest_checkpoint(stage1_run))
+
+
+def test_stage2_init_from_ema_starts_from_the_stage1_students_ema(tmp_path, stage1_run):
+    """``init_from_ema``: stage 2's student (and so its own EMA) starts from the stage-1 checkpoint's EMA of the
+    student, not its live weights; a stage-1 checkpoint without an EMA refuses in one line."""
+    s1 = dmd2_config(tmp_path / "s1", "sd3", steps=3, rank=0)
+    s1.algorithm.name = "rtdmd"
+    s1.train.ema.decay = 0.5
+    t1 = trainer_for(s1)
+    t1.train()
+    s1_ema = [s.detach().clone() for s in t1.parts["policy"].ema.shadow]
+    s1_live = [p.detach().clone() for p in t1.generator.trainable_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(s1_ema, s1_live))
+
+    cfg = stage2_config(tmp_path / "s2", s1.run.output_dir, init_from_ema=True)
+    cfg.train.ema.decay = 0.9
+    tr = trainer_for(cfg)
+    params = tr.generator.trainable_parameters()
+    assert len(params) == len(s1_ema)
+    for p, s in zip(params, s1_ema):
+        torch.testing.assert_close(p, s.to(p.dtype), rtol=0, atol=0)
+    for s, p in zip(tr.parts["policy"].ema.shadow, params):
+        assert torch.equal(s, p)  # the stage-2 EMA starts there too
+    with pytest.raises(CheckpointError, match="has no EMA of this student"):
+        trainer_for(stage2_config(tmp_path / "s2b", stage1_run, init_from_ema=True))
+
+
+def test_stage2_log_reward_hinge_pinned_and_its_gradient_reaches_wrong_samples():
+    """``hinge_on: log_reward``: mean relu(m − log(R + 1e-6)) against hand values; on a confidently wrong sample
+    (p = 1e-3) its gradient is 1/(p + 1e-6) ≈ 999× the plain hinge's, on a right one (p = 0.9) 1/0.9×."""
+    import math
+
+    from genalign.algorithms.rtdmd_stage2 import hinge_input
+    from genalign.losses.rtdmd import reward_hinge_loss
+
+    r = torch.tensor([0.5, 1e-3, 0.999], dtype=torch.float64)
+    got = reward_hinge_loss(hinge_input(r, "log_reward"), margin=-0.01)
+    want = (max(0.0, -0.01 - math.log(0.5 + 1e-6)) + max(0.0, -0.01 - math.log(1e-3 + 1e-6)) + 0.0) / 3
+    assert float(got) == pytest.approx(want, rel=1e-9)  # p = 0.999 > e^-0.01: no gradient, no loss
+    assert torch.equal(hinge_input(r, "reward"), r)
+    for p, ratio in ((1e-3, 1 / (1e-3 + 1e-6)), (0.9, 1 / (0.9 + 1e-6))):
+        x = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+        g_log, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "log_reward"), 3.0), x)
+        g_lin, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "reward"), 3.0), x)
+        assert float(g_lin) == -1.0 and float(g_log / g_lin) == pytest.approx(ratio, rel=1e-9)
