@@ -159,10 +159,13 @@ class Checkpointer:
                 save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()},
                           os.path.join(tmp, "extra_state.safetensors"))
             ema = h.parts["policy"].ema
-            if ema is not None and h.generator.is_lora:  # EMA weights as a loadable LoRA too
+            if ema is not None:  # the EMA weights in the layout `genalign export --ema` reads: a LoRA or a denoiser
                 with ema.swapped():
                     os.makedirs(os.path.join(tmp, "ema"), exist_ok=True)
-                    h.generator.save_lora(os.path.join(tmp, "ema"))
+                    if h.generator.is_lora:
+                        h.generator.save_lora(os.path.join(tmp, "ema"))
+                    else:
+                        h.generator.save_full(os.path.join(tmp, "ema"))
             umask_modes(tmp)  # safetensors writes 0600 files; checkpoints get the user's umask like other files
             replace_directory(tmp, final)  # an existing checkpoint-N is swapped out atomically, never lost first
             keep = h.cfg.train.keep_checkpoints
