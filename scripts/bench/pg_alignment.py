@@ -120,6 +120,7 @@ def main(argv=None):
         r = score(ro.samples, prompts)
         g = r.view(-1, args.group)
         within, between = float(g.std(1).mean()), float(g.mean(1).std())
+        best.append(float(g.max(1).values.mean()))
         adv = ((g - g.mean(1, keepdim=True)) / (r.std() + 1e-4)).reshape(-1)  # GRPO, global std
         per_step = []
         total = None
@@ -135,7 +136,7 @@ def main(argv=None):
 
     step_std = {}
     t0 = time.process_time()
-    pgs, paths, steps, spreads, rbar = [], [], [], [], []
+    pgs, paths, steps, spreads, rbar, best = [], [], [], [], [], []
     for b in range(args.batches):
         prompts, seeds = batch(b)
         g, per_step, r, w, bt = pg_grad(prompts, seeds)
@@ -146,7 +147,8 @@ def main(argv=None):
         gp, _ = path_grad(prompts, seeds)
         paths.append(gp)
     print(f"# reward mean {sum(rbar) / len(rbar):.3f}; within-group sd {sum(s[0] for s in spreads) / len(spreads):.3f}"
-          f", between-prompt sd {sum(s[1] for s in spreads) / len(spreads):.3f}; {time.process_time() - t0:.0f} CPU s")
+          f", between-prompt sd {sum(s[1] for s in spreads) / len(spreads):.3f}, best of a group "
+          f"{sum(best) / len(best):.3f}; {time.process_time() - t0:.0f} CPU s")
 
     def pairs(xs, ys, same):
         out = [_cos(xs[i], ys[k]) for i in range(len(xs)) for k in range(len(ys)) if not (same and k <= i)]
@@ -161,7 +163,8 @@ def main(argv=None):
     print("per-step weighting schemes: cos pg.pg (independent) | pg.path (independent)")
     for k, gs in combos.items():
         print(f"  {k:18s} {pairs(gs, gs, True)[0]:+.3f} | {pairs(gs, paths, True)[0]:+.3f}")
-    results = {"schemes": {k: (pairs(gs, gs, True)[0], pairs(gs, paths, True)[0]) for k, gs in combos.items()},
+    results = {"best_of_group": sum(best) / len(best),
+               "schemes": {k: (pairs(gs, gs, True)[0], pairs(gs, paths, True)[0]) for k, gs in combos.items()},
                "reward": sum(rbar) / len(rbar), "line": {}}
     for name, (m, vals) in {"pg . pg (independent batches)": pairs(pgs, pgs, True),
                             "path . path (independent batches)": pairs(paths, paths, True),
