@@ -140,6 +140,7 @@ class Checkpointer:
             fsdp.save(h, tmp)  # gathered full state dicts, the same files as below (genalign/core/fsdp.py)
         else:
             acc.save_state(tmp, safe_serialization=True)
+        acc.wait_for_everyone()  # every process's files (its RNG state) are in tmp before the main one renames it
         if h.is_main:
             state = {"iteration": h.iteration, "optimizer_step": h.parts["policy"].steps, "counters": h.counters,
                      "elapsed": h.elapsed, "first_eval": h.first_eval, "family": h.cfg.model.family,
