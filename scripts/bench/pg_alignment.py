@@ -102,15 +102,11 @@ def main(argv=None):
 
     def path_grad(prompts, seeds):
         model.zero_grad(set_to_none=True)
-        sch = gen.schedule(T, scfg.shift)
-        cond = gen.encode_for(prompts, scfg.guidance_scale, None)
         x = gen.initial_noise(seeds).float()
         gens = sample_generators(seeds, "cpu", salt=1)
-        for i in range(T):
-            out = gen.predict(model, x, sch.timesteps[i], cond, scfg.guidance_scale)
-            noise = per_sample_randn(x.shape[1:], gens, "cpu") if mask[i] else None
-            x = gen.kernel_step(out, x, i, sch, scfg, bool(mask[i]), noise=noise).prev_sample
-        r = score(gen.decode(x), prompts)
+        samples = _sample(gen, model, scfg, mask, gen.encode_for(prompts, scfg.guidance_scale, None), x,
+                          lambda i: per_sample_randn(x.shape[1:], gens, "cpu"))
+        r = score(samples, prompts)
         (-r.mean()).backward()
         return -_flat(params), r.detach()
 
@@ -213,6 +209,16 @@ def main(argv=None):
     return results
 
 
+def _sample(gen, model, scfg, mask, cond, x, noise_at):
+    """The recipe's sampler from state x (gradients flow if enabled): on stochastic steps (``mask``) the step noise is
+    ``noise_at(i)``; returns the decoded samples."""
+    sch = gen.schedule(scfg.num_steps, scfg.shift)
+    for i in range(scfg.num_steps):
+        out = gen.predict(model, x, sch.timesteps[i], cond, scfg.guidance_scale)
+        x = gen.kernel_step(out, x, i, sch, scfg, bool(mask[i]), noise=noise_at(i) if mask[i] else None).prev_sample
+    return gen.decode(x)
+
+
 @torch.no_grad()
 def _variance(gen, model, scfg, mask, all_prompts, score, args):
     """Within-group reward sd when a group's samples share their noise (initial and per-step) before step j."""
@@ -230,12 +236,12 @@ def _variance(gen, model, scfg, mask, all_prompts, score, args):
     for j in range(T + 1):
         x = gen.initial_noise(shared if j > 0 else own).float()
         gs, go = sample_generators(shared, "cpu", salt=1), sample_generators(own, "cpu", salt=1)
-        for i in range(T):
-            pred = gen.predict(model, x, sch.timesteps[i], cond, scfg.guidance_scale)
+
+        def noise_at(i, j=j):  # both streams advance every stochastic step; the shared one is used before step j
             ns, no = per_sample_randn(x.shape[1:], gs, "cpu"), per_sample_randn(x.shape[1:], go, "cpu")
-            x = gen.kernel_step(pred, x, i, sch, scfg, bool(mask[i]), noise=(ns if i < j else no) if mask[i] else None
-                                ).prev_sample
-        r = score(gen.decode(x), prompts).view(-1, G)
+            return ns if i < j else no
+
+        r = score(_sample(gen, model, scfg, mask, cond, x, noise_at), prompts).view(-1, G)
         out_sd.append(float(r.std(1).mean()))
         print(f"  j {j} (sigma {float(sch.sigmas[min(j, T)]):.3g}): within-group sd {out_sd[-1]:.3f}")
     return out_sd
