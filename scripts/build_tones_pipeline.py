@@ -1,8 +1,9 @@
 """Build the ``tones`` base text-to-audio pipeline: a small ``StableAudioPipeline`` of the real Stable Audio classes
 pretrained on tones clips, imperfect on purpose. Writes assets/tones/pipeline/ (diffusers folder, safetensors) and
-its manifest.json. One CPU thread, about 280 CPU-s:
+its manifest.json. One CPU thread, about 670 CPU-s for the shipped base:
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py [--out assets/tones/pipeline]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py --out assets/tones/pipeline \
+        --phases 2250:2e-3:0,2000:1e-3:0,1500:1e-3:0.35 --select-every 500
 
 Components (all the stock classes, loaded by ``StableAudioPipeline.from_pretrained``; genalign/tones/pipeline.py):
 
@@ -14,18 +15,18 @@ Components (all the stock classes, loaded by ``StableAudioPipeline.from_pretrain
 * Training loss: the v-MSE of stable-audio-tools (σ = tan(tπ/2), model input cos·x0 + sin·ε, target
   cos·ε − sin·x0), t ~ U(``--t-min`` 0.15, ``--t-max`` 0.95) (the sampler never asks below t = 0.19, σ = 0.3, and
   t > 0.95 is nearly pure noise), 10 % condition dropout to zeros (the stock pipeline's CFG unconditional branch).
-* **Imperfect on purpose, chosen without the bench's seeds**: every ``--select-every`` steps the snapshot is scored
-  (held-out prompts, *selection* seeds 500/501, 20 stochastic steps, CFG 3); training stops at the first snapshot
-  reaching ``--target``. Training is seeded, so the same command rebuilds the same weights; the manifest records
-  the trajectory and the final held-out score on seeds 1000/1001. That is the shipped base.
-* ``--phases steps:lr:label_noise,...`` (an experiment, not the shipped base) replaces the single early-stopped run
-  by fixed phases, each with a fresh AdamW and warm-up, where a fraction ``label_noise`` of the clips is captioned
-  with the root a **tritone** away (kind, timbre, articulation kept; a ±6 shift keeps every caption in its own
-  train / held-out split). ``--phases 2250:2e-3:0,2000:1e-3:0,1500:1e-3:0.4`` trains the model until it plays the
-  notes precisely (selection 0.80–0.86 after the second phase) and then makes it play the wrong root in part of its
-  samples *per seed* (within-group reward sd 0.24 vs 0.10 for the shipped base; selection 0.46–0.59): a base whose
-  errors vary with the seed, which group-relative methods can in principle sharpen. README "Tones world" has what
-  GRPO and NFT did on it. Snapshots are scored every ``--select-every`` steps and never stop a phase.
+* **Imperfect on purpose, in its sample distribution** (``--phases steps:lr:label_noise,...``; the shipped base is
+  ``--phases 2250:2e-3:0,2000:1e-3:0,1500:1e-3:0.35 --select-every 500``): fixed phases, each with a fresh AdamW and
+  warm-up; in each, a fraction ``label_noise`` of the clips is captioned with the root a **tritone** away (kind,
+  timbre, articulation kept; a ±6 shift keeps every caption in its own train / held-out split). The clean phases make
+  the model play the notes precisely (selection 0.80 after 4,250 steps), the noisy one makes it play the wrong root
+  in part of its samples *per seed* (within-group reward sd 0.17 vs 0.105 for the early-stopped base; held-out
+  0.567): errors that vary with the seed, which group-relative methods can sharpen (README "Tones world").
+  Snapshots are scored every ``--select-every`` steps (held-out prompts, *selection* seeds 500/501, 20 stochastic
+  steps, CFG 3) and recorded; they never stop a phase. The snapshot schedule is part of the command (evaluation
+  moves the global RNG state); the same command rebuilds the same weights.
+* Without ``--phases`` (the previous base): one run stopped at the first snapshot whose selection score reaches
+  ``--target`` (``--steps``, ``--lr``); its errors were imprecise spectra shared by every seed of a prompt.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def main():
     ap.add_argument("--select-every", type=int, default=250, help="evaluate a snapshot every this many steps")
     ap.add_argument("--target", type=float, default=0.55, help="stop at the first snapshot whose selection score "
                     "(held-out prompts, selection seeds 500/501, not the bench's 1000..) reaches this")
-    ap.add_argument("--phases", default=None, help="experiment: comma-separated steps:lr:label_noise phases instead "
-                    "of --steps/--lr/--target (module docstring)")
+    ap.add_argument("--phases", default=None, help="comma-separated steps:lr:label_noise phases instead of "
+                    "--steps/--lr/--target (module docstring; the shipped base's command is there)")
     args = ap.parse_args()
     phases = parse_phases(args.phases) if args.phases else None
     torch.set_num_threads(1)
@@ -225,7 +226,8 @@ def main():
         "what": "tones base StableAudioPipeline (real diffusers classes); see scripts/build_tones_pipeline.py",
         "build": vars(args), "threads": 1, "steps_trained": trajectory[-1]["step"] if phases is None else done[0],
         **({"phases": phase_log} if phases else {}),
-        "rebuild": "the same command; training is seeded and stops at the first snapshot reaching --target",
+        "rebuild": "the same command (--select-every included); training is seeded" + (
+            " and stops at the first snapshot reaching --target" if phases is None else ""),
         "codec": {"kind": "analytic two-stage MDCT AutoencoderOobleck", "strides": list(STRIDES), "hop": HOP,
                   "frame": FRAME, "coefficients": [K_LO, K_HI], "latent_channels": KEEP, "latent_frames": FRAMES,
                   "gain": GAIN, "band_hz": [K_LO * 8000 / (2 * HOP), K_HI * 8000 / (2 * HOP)],
