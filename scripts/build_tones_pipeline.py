@@ -54,22 +54,31 @@ def parse_phases(text: str):
         parts = item.strip().split(":")
         try:
             steps, lr, noise = int(parts[0]), float(parts[1]), float(parts[2])
+            drop = float(parts[3]) if len(parts) == 4 else 0.0
         except (IndexError, ValueError):
-            raise SystemExit(f"--phases: '{item}' is not steps:lr:label_noise (e.g. 2000:1e-3:0.4)") from None
-        if len(parts) != 3 or steps <= 0 or lr <= 0 or not 0 <= noise < 1:
-            raise SystemExit(f"--phases: '{item}' needs steps > 0, lr > 0 and 0 <= label_noise < 1")
-        out.append((steps, lr, noise))
+            raise SystemExit(f"--phases: '{item}' is not steps:lr:label_noise[:attribute_drop] "
+                             "(e.g. 2000:1e-3:0.4 or 1500:1e-3:0.35:0.3)") from None
+        if len(parts) > 4 or steps <= 0 or lr <= 0 or not 0 <= noise < 1 or not 0 <= drop < 1:
+            raise SystemExit(f"--phases: '{item}' needs steps > 0, lr > 0, 0 <= label_noise < 1 and "
+                             "0 <= attribute_drop < 1")
+        out.append((steps, lr, noise, drop))
     return out
 
 
-def noisy_captions(labels, fraction: float, seed: int):
+def noisy_captions(labels, fraction: float, seed: int, drop: float = 0.0):
     """Captions with a seeded ``fraction`` of the clips relabelled with the root a tritone away (kind, timbre and
-    articulation kept). The root's index moves by ±6, so a label's split (index sum mod 6) is unchanged."""
+    articulation kept). The root's index moves by ±6, so a label's split (index sum mod 6) is unchanged. With
+    ``drop`` > 0 each caption also leaves out its timbre and, independently, its articulation with probability
+    ``drop`` (its own seeded stream: ``drop`` = 0 gives the captions of the build without it), so that the model
+    learns what to play when a prompt does not say (e.g. "a C note, bright": either articulation)."""
     from genalign.tones.data import make_caption
 
     flip = (torch.rand(len(labels), generator=torch.Generator().manual_seed(seed)) < fraction).tolist()
-    return [make_caption((lab.root + 6) % 12, lab.kind, lab.timbre, lab.articulation) if f else lab.caption
-            for lab, f in zip(labels, flip)]
+    keep = torch.ones(len(labels), 2, dtype=torch.bool)
+    if drop > 0:
+        keep = torch.rand(len(labels), 2, generator=torch.Generator().manual_seed(seed + 13)) >= drop
+    return [make_caption((lab.root + 6) % 12 if f else lab.root, lab.kind, lab.timbre if k[0] else None,
+                         lab.articulation if k[1] else None) for lab, f, k in zip(labels, flip, keep.tolist())]
 
 
 def train(pipe, lat, caps, steps, batch, lr, log, t_min=0.0, t_max=1.0, every=0, callback=None):
@@ -196,14 +205,15 @@ def main():
                                   args.t_min, args.t_max, args.select_every, select)
     else:
         losses, train_cpu = [], 0.0
-        for k, (steps, lr, noise) in enumerate(phases):
-            caps = noisy_captions(labels, noise, args.seed + 7)
-            log(f"phase {k}: {steps} steps, lr {lr:g}, label noise {noise:g} "
-                f"({sum(c != lab.caption for c, lab in zip(caps, labels))} of {len(caps)} captions a tritone away)")
+        for k, (steps, lr, noise, drop) in enumerate(phases):
+            caps = noisy_captions(labels, noise, args.seed + 7, drop)
+            log(f"phase {k}: {steps} steps, lr {lr:g}, label noise {noise:g}, attribute drop {drop:g} "
+                f"({sum(c != lab.caption for c, lab in zip(caps, labels))} of {len(caps)} captions changed)")
             ls, cpu = train(pipe, lat, caps, steps, args.batch, lr, log, args.t_min, args.t_max, args.select_every,
                             select)
             losses, train_cpu, done[0] = losses + ls, train_cpu + cpu, done[0] + steps
-            phase_log.append({"steps": steps, "lr": lr, "label_noise": noise, "loss_last_25": sum(ls[-25:]) / 25})
+            phase_log.append({"steps": steps, "lr": lr, "label_noise": noise, "attribute_drop": drop,
+                              "loss_last_25": sum(ls[-25:]) / 25})
     import shutil
 
     shutil.rmtree(os.path.join(args.out, "_tok_build"), ignore_errors=True)

@@ -134,9 +134,17 @@ def split_labels(split: str) -> List[ToneLabel]:
     return [lab for lab in all_labels() if split == "all" or lab.split == split]
 
 
-def tone_prompts(split: str = "train") -> List[str]:
-    """The caption list of a split (full captions, one per combination)."""
-    return [lab.caption for lab in split_labels(split)]
+def tone_prompts(split: str = "train", articulation: bool = True) -> List[str]:
+    """The caption list of a split (full captions, one per combination). ``articulation=False``: captions that
+    leave the articulation open ("a C note, bright"), for runs that align what the prompt does not say (DRAGON
+    towards the staccato exemplars); their split is by (root, kind, timbre): held out when that index sum is
+    divisible by ``N_SPLIT`` (36 held-out, 180 train; disjoint)."""
+    if articulation:
+        return [lab.caption for lab in split_labels(split)]
+    held = split in ("heldout", "eval")
+    split_labels(split)  # validates the name
+    return [make_caption(lab.root, lab.kind, lab.timbre) for lab in all_labels()
+            if lab.articulation == ARTICULATIONS[0] and (sum(lab.index[:3]) % N_SPLIT == 0) == held]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,14 +308,16 @@ def make_dataset(n: int, split: str = "train", seed: int = 0) -> Tuple[torch.Ten
 
 
 def write_prompt_files(out_dir: str) -> Dict[str, str]:
-    """Write ``train.txt`` and ``eval.txt`` (one caption per line) into ``out_dir``; returns their paths."""
+    """Write ``train.txt`` and ``eval.txt`` (one caption per line) into ``out_dir``, and the same without the
+    articulation (``train_any_articulation.txt``, ``eval_any_articulation.txt``); returns their paths."""
     import os
 
     from ..io import atomic_write_text
 
     paths = {}
     for split in ("train", "eval"):
-        path = os.path.join(out_dir, f"{split}.txt")
-        atomic_write_text(path, "\n".join(tone_prompts(split)) + "\n")
-        paths[split] = path
+        for name, art in ((split, True), (f"{split}_any_articulation", False)):
+            path = os.path.join(out_dir, f"{name}.txt")
+            atomic_write_text(path, "\n".join(tone_prompts(split, art)) + "\n")
+            paths[name] = path
     return paths

@@ -18,7 +18,8 @@ def test_small_build_writes_loadable_assets(tmp_path):
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk["build"]["steps"] == 120 and on_disk["retrieval"]["clips_per_set"] == 72
     assert set(m["files"]) == {"clap.safetensors", "real.safetensors", "exemplars/staccato.safetensors",
-                               "prompts/train.txt", "prompts/eval.txt"}
+                               "prompts/train.txt", "prompts/eval.txt",
+                               "prompts/train_any_articulation.txt", "prompts/eval_any_articulation.txt"}
     assert m["clap_loss"]["last_50"] < m["clap_loss"]["first_50"]  # mean loss of the first vs last 50 steps
     wav, labels, emb = load_reference(path=str(tmp_path / "real.safetensors"))
     enc = TonesEncoder(path=str(tmp_path / "clap.safetensors"))

@@ -29,10 +29,33 @@ def test_tritone_captions_keep_the_split_and_the_fraction():
         assert (c in train_caps) == (lab.split == "train")  # a held-out caption never labels a training clip
 
 
-@pytest.mark.parametrize("bad", ["2000:1e-3", "x:1e-3:0", "2000:0:0", "2000:1e-3:1.0", "2000:1e-3:0:1"])
+@pytest.mark.parametrize("bad", ["2000:1e-3", "x:1e-3:0", "2000:0:0", "2000:1e-3:1.0", "2000:1e-3:0:1", "2000:1e-3:0:0.3:1"])
 def test_bad_phases_are_refused_in_one_line(bad):
     from build_tones_pipeline import parse_phases
 
     with pytest.raises(SystemExit, match="--phases"):
         parse_phases(bad)
-    assert parse_phases("2250:2e-3:0, 1500:1e-3:0.4") == [(2250, 2e-3, 0.0), (1500, 1e-3, 0.4)]
+    assert parse_phases("2250:2e-3:0, 1500:1e-3:0.4:0.3") == [(2250, 2e-3, 0.0, 0.0), (1500, 1e-3, 0.4, 0.3)]
+
+
+def test_attribute_drop_leaves_out_timbre_and_articulation_independently_and_nothing_else():
+    from build_tones_pipeline import noisy_captions
+
+    from genalign.tones.data import all_labels, parse_prompt
+
+    labels = all_labels() * 10
+    assert noisy_captions(labels, 0.4, 7, 0.0) == noisy_captions(labels, 0.4, 7)  # drop 0: the earlier captions
+    caps = noisy_captions(labels, 0.0, 7, 0.3)
+    no_timbre = [parse_prompt(c).timbre is None for c in caps]
+    no_art = [parse_prompt(c).articulation is None for c in caps]
+    n = len(labels)
+    assert 0.27 < sum(no_timbre) / n < 0.33 and 0.27 < sum(no_art) / n < 0.33
+    both = sum(a and b for a, b in zip(no_timbre, no_art)) / n
+    assert 0.07 < both < 0.11  # independent: 0.3 * 0.3
+    for c, lab in zip(caps, labels):  # the notes and the attributes still said are the clip's own
+        p = parse_prompt(c)
+        assert p.midi_notes == lab.midi_notes
+        assert p.timbre in (None, lab.timbre) and p.articulation in (None, lab.articulation)
+    flipped = noisy_captions(labels, 0.4, 7, 0.3)  # the tritone flips are the same clips with or without the drop
+    base = noisy_captions(labels, 0.4, 7)
+    assert [parse_prompt(a).midi_notes for a in flipped] == [parse_prompt(b).midi_notes for b in base]

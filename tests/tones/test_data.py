@@ -29,6 +29,16 @@ def test_splits_partition_the_grid_and_keep_every_word_in_train():
         D.split_labels("test")
 
 
+def test_captions_without_articulation_have_their_own_disjoint_split():
+    train, held = D.tone_prompts("train", articulation=False), D.tone_prompts("eval", articulation=False)
+    assert (len(train), len(held), len(set(train) | set(held))) == (180, 36, 216)  # 12 roots x 6 kinds x 3 timbres
+    for p in train + held:
+        q = D.parse_prompt(p)
+        assert q.articulation is None and q.timbre is not None
+    with pytest.raises(GenalignError, match="valid choices"):
+        D.tone_prompts("test", articulation=False)
+
+
 def test_captions_and_parsing_round_trip():
     lab = D.ToneLabel(0, "major chord", "bright", "staccato")
     assert lab.caption == "a C major chord, bright, staccato"
