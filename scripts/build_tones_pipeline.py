@@ -135,6 +135,25 @@ def evaluate(path: str, prompts, seeds, num_steps: int, guidance: float):
     return float(torch.nanmean(tone_correctness_score(ro.samples, prompt_notes(ps)))), ro
 
 
+def load_init(pipe, folder: str) -> None:
+    """The trained parts (DiT, projection model) of a saved tones pipeline; its frozen T5 must be this build's."""
+    from safetensors.torch import load_file
+
+    def weights(sub):
+        path = os.path.join(folder, sub, "diffusion_pytorch_model.safetensors")
+        if sub == "text_encoder":
+            path = os.path.join(folder, sub, "model.safetensors")
+        if not os.path.exists(path):
+            raise SystemExit(f"--init: {folder} is not a tones pipeline folder (no {sub}/ weights)")
+        return load_file(path)
+
+    t5 = weights("text_encoder")
+    if any(not torch.equal(v, t5[k]) for k, v in pipe.text_encoder.state_dict().items() if k in t5):
+        raise SystemExit(f"--init: {folder}'s frozen T5 differs from this build's (build it with the same --seed)")
+    pipe.transformer.load_state_dict(weights("transformer"))
+    pipe.projection_model.load_state_dict(weights("projection_model"))
+
+
 def sha(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -168,6 +187,8 @@ def main():
     ap.add_argument("--select-every", type=int, default=250, help="evaluate a snapshot every this many steps")
     ap.add_argument("--target", type=float, default=0.55, help="stop at the first snapshot whose selection score "
                     "(held-out prompts, selection seeds 500/501, not the bench's 1000..) reaches this")
+    ap.add_argument("--init", default=None, help="start from this tones pipeline folder's DiT and projection weights "
+                    "(e.g. a clean build, then the noisy phase alone; the frozen T5 must match: same --seed)")
     ap.add_argument("--phases", default=None, help="comma-separated steps:lr:label_noise phases instead of "
                     "--steps/--lr/--target (module docstring; the shipped base's command is there)")
     args = ap.parse_args()
@@ -182,6 +203,9 @@ def main():
     lat = mdct_encode(wav)
     log(f"{len(labels)} clips, latents {tuple(lat.shape)}, latent std {float(lat.std()):.3f}")
     pipe = make_pipeline(os.path.join(args.out, "_tok_build"), args.seed)
+    if args.init:
+        load_init(pipe, args.init)
+        log(f"DiT and projection weights from {args.init}")
     with torch.no_grad():  # the Oobleck encoder (real class) computes the same latents as mdct_encode
         enc = pipe.vae.encode(wav[:4]).latent_dist.mean
         dec = pipe.vae.decode(lat[:64]).sample[..., :wav.shape[-1]]

@@ -104,7 +104,7 @@ def main():
     from genalign.trainer import list_checkpoints
 
     metrics = Metrics()
-    base, rows, curves = None, [], []
+    bases, rows, curves = {}, [], []  # the base per eval prompt file (recipes may evaluate on different prompts)
     for spec in args.runs:
         name, rest = spec.split("=", 1)
         rec, *over = rest.split("|")
@@ -127,10 +127,11 @@ def main():
             cpu = json.load(open(os.path.join(out, "bench_cpu.json")))["cpu_s"]
         cfg = load_config(os.path.join(out, "config.yaml"))
         prompts = read_prompts(cfg.data.eval_prompts)[::args.stride]
-        if base is None:
+        tag = os.path.splitext(os.path.basename(cfg.data.eval_prompts))[0]
+        if tag not in bases:
             x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
-            base = metrics(x, P, args.seeds)
-            base_x = x
+            bases[tag] = (metrics(x, P, args.seeds), x, len(prompts))
+        base, base_x, _ = bases[tag]
         curve = []
         cks = list_checkpoints(out)
         for ck in [c for i, c in enumerate(cks) if i % args.ckpt_stride == args.ckpt_stride - 1 or i == len(cks) - 1]:
@@ -145,7 +146,7 @@ def main():
         after = curve[-1][2]
         wins = {k: float((after["per"][k] > base["per"][k]).float().mean()) for k in WIN_REWARDS}
         reach = next((traj for _, traj, m in curve if m["correctness"] >= args.level), None)
-        rows.append((name, after, wins, curve[-1][1], cpu, reach))
+        rows.append((name, after, wins, curve[-1][1], cpu, reach, tag))
         curves.append((name, curve))
         if args.artefacts:
             n_p, n_s = 4, 2
@@ -153,21 +154,23 @@ def main():
                     for s in range(n_s)]
             Pp, Sp = [P[i] for i in pick], [S[i] for i in pick]
             sr = cfg.model.sample_rate
-            if not os.path.exists(os.path.join(args.artefacts, "base")):
-                write_artefacts(os.path.join(args.artefacts, "base"), "base", base_x[pick], Pp, Sp, n_p, n_s,
+            btag = "base" if tag == "eval" else f"base_{tag}"
+            if not os.path.exists(os.path.join(args.artefacts, btag)):
+                write_artefacts(os.path.join(args.artefacts, btag), btag, base_x[pick], Pp, Sp, n_p, n_s,
                                 {k: base["per"][k][pick] for k in WIN_REWARDS}, sr)
             write_artefacts(os.path.join(args.artefacts, name), name, x[pick], Pp, Sp, n_p, n_s,
                             {k: after["per"][k][pick] for k in WIN_REWARDS}, sr)
-    if base is None:
+    if not bases:
         return
-    print(f"\n{len(prompts)} held-out prompts x seeds 1000..{999 + args.seeds}; "
-          "CPU, 1 thread; last checkpoint")
+    print(f"\nheld-out prompts ({', '.join(f'{t}: {b[2]}' for t, b in bases.items())}) x seeds "
+          f"1000..{999 + args.seeds}; CPU, 1 thread; last checkpoint; each run against the base on its prompts")
     print("| run | correctness | FAD real | FAD staccato | onset | stacc. cos | diversity | trajectories | "
           f"traj. to {args.level} | CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| base | {base['correctness']:.3f} | {base['fad_real']:.2f} | {base['fad_staccato']:.2f} | "
-          f"{base['onset']:.3f} | {base['stacc_cos']:.3f} | {base['diversity']:.3f} | 0 | – | – |")
-    for name, a, w, traj, cpu, reach in rows:
+    for tag, (b, _, _) in bases.items():
+        print(f"| base ({tag}) | {b['correctness']:.3f} | {b['fad_real']:.2f} | {b['fad_staccato']:.2f} | "
+              f"{b['onset']:.3f} | {b['stacc_cos']:.3f} | {b['diversity']:.3f} | 0 | – | – |")
+    for name, a, w, traj, cpu, reach, _ in rows:
         print(f"| {name} | {a['correctness']:.3f} | {a['fad_real']:.2f} | {a['fad_staccato']:.2f} | {a['onset']:.3f} | "
               f"{a['stacc_cos']:.3f} | {a['diversity']:.3f} | {traj} | {reach if reach is not None else '–'} | "
               f"{cpu:.0f} |")
