@@ -154,6 +154,17 @@ def load_init(pipe, folder: str) -> None:
     pipe.projection_model.load_state_dict(weights("projection_model"))
 
 
+def init_manifest(folder: str):
+    """The --init folder's own manifest (how the starting weights were built), so the provenance is complete."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(path):
+        return {"path": folder, "manifest": None}
+    with open(path) as f:
+        m = json.load(f)
+    return {"path": folder, "manifest": {k: m[k] for k in ("build", "phases", "steps_trained", "cpu_seconds", "selection",
+                                                             "eval") if k in m}}
+
+
 def sha(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -260,6 +271,7 @@ def main():
         "what": "tones base StableAudioPipeline (real diffusers classes); see scripts/build_tones_pipeline.py",
         "build": vars(args), "threads": 1, "steps_trained": trajectory[-1]["step"] if phases is None else done[0],
         **({"phases": phase_log} if phases else {}),
+        **({"init": init_manifest(args.init)} if args.init else {}),
         "rebuild": "the same command (--select-every included); training is seeded" + (
             " and stops at the first snapshot reaching --target" if phases is None else ""),
         "codec": {"kind": "analytic two-stage MDCT AutoencoderOobleck", "strides": list(STRIDES), "hop": HOP,
