@@ -1,9 +1,11 @@
 """Build the ``tones`` base text-to-audio pipeline: a small ``StableAudioPipeline`` of the real Stable Audio classes
 pretrained on tones clips, imperfect on purpose. Writes assets/tones/pipeline/ (diffusers folder, safetensors) and
-its manifest.json. One CPU thread, about 670 CPU-s for the shipped base:
+its manifest.json. One CPU thread, about 930 CPU-s for the shipped base (two commands):
 
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py --out runs/clean \
+        --phases 2250:2e-3:0,6000:1e-3:0 --select-every 1000                     # 751 CPU-s, selection 0.94
     PYTHONPATH=. HF_HUB_OFFLINE=1 python scripts/build_tones_pipeline.py --out assets/tones/pipeline \
-        --phases 2250:2e-3:0,2000:1e-3:0,1500:1e-3:0.35 --select-every 500
+        --init runs/clean --phases 1500:1e-3:0.35:0.3 --select-every 500        # 175 CPU-s, held-out 0.567
 
 Components (all the stock classes, loaded by ``StableAudioPipeline.from_pretrained``; genalign/tones/pipeline.py):
 
@@ -15,16 +17,18 @@ Components (all the stock classes, loaded by ``StableAudioPipeline.from_pretrain
 * Training loss: the v-MSE of stable-audio-tools (σ = tan(tπ/2), model input cos·x0 + sin·ε, target
   cos·ε − sin·x0), t ~ U(``--t-min`` 0.15, ``--t-max`` 0.95) (the sampler never asks below t = 0.19, σ = 0.3, and
   t > 0.95 is nearly pure noise), 10 % condition dropout to zeros (the stock pipeline's CFG unconditional branch).
-* **Imperfect on purpose, in its sample distribution** (``--phases steps:lr:label_noise,...``; the shipped base is
-  ``--phases 2250:2e-3:0,2000:1e-3:0,1500:1e-3:0.35 --select-every 500``): fixed phases, each with a fresh AdamW and
-  warm-up; in each, a fraction ``label_noise`` of the clips is captioned with the root a **tritone** away (kind,
-  timbre, articulation kept; a ±6 shift keeps every caption in its own train / held-out split). The clean phases make
-  the model play the notes precisely (selection 0.80 after 4,250 steps), the noisy one makes it play the wrong root
-  in part of its samples *per seed* (within-group reward sd 0.17 vs 0.105 for the early-stopped base; held-out
-  0.567): errors that vary with the seed, which group-relative methods can sharpen (README "Tones world").
-  Snapshots are scored every ``--select-every`` steps (held-out prompts, *selection* seeds 500/501, 20 stochastic
-  steps, CFG 3) and recorded; they never stop a phase. The snapshot schedule is part of the command (evaluation
-  moves the global RNG state); the same command rebuilds the same weights.
+* **Imperfect on purpose, in its sample distribution** (``--phases steps:lr:label_noise[:attribute_drop],...``):
+  fixed phases, each with a fresh AdamW and warm-up; in each, a fraction ``label_noise`` of the clips is captioned
+  with the root a **tritone** away (kind, timbre, articulation kept; a ±6 shift keeps every caption in its own
+  train / held-out split), and ``attribute_drop`` leaves the timbre and, independently, the articulation out of that
+  fraction of captions (so "a C note, bright" plays either articulation: the room DRAGON's exemplar runs need).
+  The shipped base: 8,250 clean steps make it play the prompted notes precisely (selection 0.94, held-out 0.937),
+  then from those weights (``--init``) 1,500 steps at label noise 0.35 and attribute drop 0.3 make it play the
+  wrong root in part of its samples *per seed* (held-out 0.567): errors that vary with the seed, which
+  group-relative methods can sharpen, over a precise base (README "Tones world"). Snapshots are scored every
+  ``--select-every`` steps (held-out prompts, *selection* seeds 500/501, 20 stochastic steps, CFG 3) and recorded;
+  they never stop a phase. The snapshot schedule is part of the command (evaluation moves the global RNG state);
+  the same commands rebuild the same weights; the manifest embeds the ``--init`` build's manifest.
 * Without ``--phases`` (the previous base): one run stopped at the first snapshot whose selection score reaches
   ``--target`` (``--steps``, ``--lr``); its errors were imprecise spectra shared by every seed of a prompt.
 """
@@ -272,8 +276,9 @@ def main():
         "build": vars(args), "threads": 1, "steps_trained": trajectory[-1]["step"] if phases is None else done[0],
         **({"phases": phase_log} if phases else {}),
         **({"init": init_manifest(args.init)} if args.init else {}),
-        "rebuild": "the same command (--select-every included); training is seeded" + (
-            " and stops at the first snapshot reaching --target" if phases is None else ""),
+        "rebuild": ("the build recorded in init.manifest.build (into init.path), then " if args.init else "") +
+                   "the same command (--select-every included); training is seeded" + (
+                       " and stops at the first snapshot reaching --target" if phases is None else ""),
         "codec": {"kind": "analytic two-stage MDCT AutoencoderOobleck", "strides": list(STRIDES), "hop": HOP,
                   "frame": FRAME, "coefficients": [K_LO, K_HI], "latent_channels": KEEP, "latent_frames": FRAMES,
                   "gain": GAIN, "band_hz": [K_LO * 8000 / (2 * HOP), K_HI * 8000 / (2 * HOP)],

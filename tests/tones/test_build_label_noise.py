@@ -59,3 +59,25 @@ def test_attribute_drop_leaves_out_timbre_and_articulation_independently_and_not
     flipped = noisy_captions(labels, 0.4, 7, 0.3)  # the tritone flips are the same clips with or without the drop
     base = noisy_captions(labels, 0.4, 7)
     assert [parse_prompt(a).midi_notes for a in flipped] == [parse_prompt(b).midi_notes for b in base]
+
+
+def test_init_loads_the_trained_parts_and_refuses_a_foreign_t5_or_a_non_pipeline(tmp_path):
+    import torch
+    from build_tones_pipeline import load_init
+
+    from genalign.tones.pipeline import make_pipeline
+
+    src = make_pipeline(str(tmp_path / "tok0"), seed=0, num_layers=1)
+    with torch.no_grad():
+        for p in list(src.transformer.parameters()) + list(src.projection_model.parameters()):
+            p.add_(0.5)  # "trained" weights, different from a fresh build's
+    src.save_pretrained(str(tmp_path / "src"), safe_serialization=True)
+    dst = make_pipeline(str(tmp_path / "tok1"), seed=0, num_layers=1)
+    load_init(dst, str(tmp_path / "src"))
+    for a, b in [(src.transformer, dst.transformer), (src.projection_model, dst.projection_model)]:
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+    with pytest.raises(SystemExit, match="frozen T5 differs"):
+        load_init(make_pipeline(str(tmp_path / "tok2"), seed=1, num_layers=1), str(tmp_path / "src"))
+    with pytest.raises(SystemExit, match="not a tones pipeline folder"):
+        load_init(dst, str(tmp_path))
