@@ -60,6 +60,9 @@ class RTDMD(DMD2):
     bp_weight: float = field(default=1e-4, metadata={"help": "Stage 2: hinge reward-backprop weight (λ)."})
     hinge_on: str = field(default="reward", metadata={"help": "Stage 2: the hinge's input: reward (the reference) | "
                                                   "log_reward (log(R_w + 1e-6), a [0, 1] reward; not the paper's)."})
+    bp_steps: str = field(default="last", metadata={"help": "Stage 2 (hybrid): where the hinge's gradient flows: "
+                                                  "last (the reference: the last step) | all (the deterministic "
+                                                  "Euler chain from x_T end to end; not the paper's)."})
     hinge_margin: float = field(default=3.0, metadata={"help": "Stage 2: margin of relu(margin − R_w)."})
     adv_eps: float = field(default=1e-4, metadata={"help": "Stage 2: advantage std epsilon."})
     adv_clip: float = field(default=5.0, metadata={"help": "Stage 2: advantage clip."})

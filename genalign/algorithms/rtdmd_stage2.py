@@ -18,7 +18,10 @@ the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure mat
    reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already);
    ``hinge_on: log_reward`` (not the paper's) puts log(R_w + 1e-6) in the hinge instead of R_w. One backward unit per
    PPO step and one for the last step: the trainer averages the units, so the weights above are relative to one PPO
-   step's loss (``pg_weight``).
+   step's loss (``pg_weight``). ``bp_steps: all`` (not the paper's; the default ``last`` is) puts the hinge instead
+   on the x̂0 of the student's deterministic Euler chain from the rollout's x_T, differentiated through every step
+   (:func:`deterministic_chain`); the DMD term stays on the rollout's last step. Tested on one process only: the
+   chain runs the (DDP-wrapped) policy several times before one backward.
 
 ``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
 step unchanged (the deterministic rollout, AC-DMD at a backward-simulated step k) plus ``bp_weight``·the same hinge on
@@ -48,6 +51,7 @@ from genalign.losses.rtdmd import (
 
 STAGE2_MODES = ("hybrid", "simple_sum")
 HINGE_ON = ("reward", "log_reward")
+BP_STEPS = ("last", "all")
 _SUB_SALT = 1313
 _LOG_EPS = 1e-6
 
@@ -57,6 +61,8 @@ def check_stage2_options(alg) -> None:
         raise ConfigError(f"'algorithm.stage2_mode' is {alg.stage2_mode!r}; valid choices: {choices(STAGE2_MODES)}")
     if alg.hinge_on not in HINGE_ON:
         raise ConfigError(f"'algorithm.hinge_on' is {alg.hinge_on!r}; valid choices: {choices(HINGE_ON)}")
+    if alg.bp_steps not in BP_STEPS:
+        raise ConfigError(f"'algorithm.bp_steps' is {alg.bp_steps!r}; valid choices: {choices(BP_STEPS)}")
     for k in ("clip_range", "adv_eps", "adv_clip"):
         if getattr(alg, k) <= 0:
             raise ConfigError(f"'algorithm.{k}' must be > 0, got {getattr(alg, k)}")
@@ -180,6 +186,20 @@ def hinge_input(r_w: torch.Tensor, hinge_on: str = "reward") -> torch.Tensor:
     return r_w
 
 
+def deterministic_chain(view, ro, pos) -> torch.Tensor:
+    """``bp_steps: all`` (this library's option, not the paper's): the student's deterministic Euler chain over the
+    rollout's sigmas from the rollout's initial noise x_T — the sampler it is evaluated and exported with —
+    differentiated end to end (DRaFT-style), so the hinge's gradient reaches the early steps where a sample's class
+    is decided, not only the last one (σ_{T−1} → 0). Returns the chain's x̂0 with gradient."""
+    gen, sch, dev = view.generator, ro.schedule, view.device
+    sig = sch.sigmas
+    x = ro.states[:, 0].to(dev).float()
+    for k in range(sch.num_steps):
+        v = gen.predict(view.module("policy"), x, sch.timesteps[k].to(dev), pos, 1.0)
+        x = x + float(sig[k + 1] - sig[k]) * v
+    return x
+
+
 def hybrid_units(alg, view, batch) -> int:
     return len(sub_steps(alg, view, batch.rollout.schedule.num_steps)) + 1
 
@@ -199,7 +219,8 @@ def hybrid_losses(alg, view, batch, items):
                                      **st}
     pos, cond_cfg = alg.conditioning(view, mb.prompts)
     dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
-    hinge, bst = reward_backprop(alg, view, x_s, mb)
+    x_bp = x_s if alg.bp_steps == "last" else deterministic_chain(view, mb, pos)
+    hinge, bst = reward_backprop(alg, view, x_bp, mb)
     loss = rtdmd_last_step_loss(dm, hinge, alg.last_dmd_weight, alg.bp_weight)
     yield loss, {"last_dm_loss": float(dm.detach()), "last_loss": float(loss.detach()), **st, **bst}
 

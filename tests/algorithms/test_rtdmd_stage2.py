@@ -266,3 +266,47 @@ def test_stage2_log_reward_hinge_pinned_and_its_gradient_reaches_wrong_samples()
         g_log, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "log_reward"), 3.0), x)
         g_lin, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "reward"), 3.0), x)
         assert float(g_lin) == -1.0 and float(g_log / g_lin) == pytest.approx(ratio, rel=1e-9)
+
+
+def test_stage2_bp_steps_all_backprops_the_hinge_through_the_deterministic_chain(tmp_path, stage1_run):
+    """``bp_steps: all``: the hinge's x̂0 is the student's deterministic sampler (the one it is evaluated with) run
+    from the rollout's x_T with gradient; the last unit's gradient = last_dmd_weight·∇DMD(last step) +
+    bp_weight·∇hinge(chain), and it differs from ``bp_steps: last``'s."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+    from genalign.core.phases import Batch, Phase
+
+    with pytest.raises(ConfigError, match="'algorithm.bp_steps' is 'first'; valid choices: .*all"):
+        RTDMD(stage=2, init_from=stage1_run, bp_steps="first")
+    cfg = stage2_config(tmp_path, stage1_run, last_dmd_weight=0.3, bp_weight=2.0, bp_steps="all")
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    ro = tr.do_rollout(0, True)
+    items = list(range(len(ro)))
+    mb = ro.index(items)
+    pos, cond = alg.conditioning(view, mb.prompts)
+    det = gen.rollout(mb.prompts, mb.seeds, cfg.sampler, stochastic=False, decode=False)
+    with torch.no_grad():
+        torch.testing.assert_close(s2.deterministic_chain(view, det, pos), det.states[:, -1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(s2.deterministic_chain(view, mb, pos), mb.states[:, -1], atol=1e-3)  # CPS ≠ ODE
+    batch = Batch(0, rollout=ro, adv=torch.zeros(len(ro)))
+    view.phase = Phase(("policy",), name="generator")
+    params = gen.trainable_parameters()
+
+    def grad_of(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    *_, (last, _) = list(alg.losses(view, batch, items))
+    g_total = grad_of(last)
+    dm, x_s, _, _ = alg.ac_dmd_term(view, mb, ro.schedule.num_steps - 1, pos, cond)
+    g_dm = grad_of(dm)
+    g_h = grad_of(s2.reward_backprop(alg, view, s2.deterministic_chain(view, mb, pos), mb)[0])
+    g_last = grad_of(s2.reward_backprop(alg, view, x_s, mb)[0])
+    differs = False
+    for a, b, c, d in zip(g_total, g_dm, g_h, g_last):
+        if a is None:
+            continue
+        torch.testing.assert_close(a, 0.3 * b + 2.0 * c, atol=1e-6, rtol=1e-4)
+        differs |= not torch.allclose(c, d, atol=1e-6)
+    assert differs
+    view.phase = None
