@@ -20,7 +20,8 @@ the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure mat
    PPO step and one for the last step: the trainer averages the units, so the weights above are relative to one PPO
    step's loss (``pg_weight``). ``bp_steps: all`` (not the paper's; the default ``last`` is) puts the hinge instead
    on the x̂0 of the student's deterministic Euler chain from the rollout's x_T, differentiated through every step
-   (:func:`deterministic_chain`); the DMD term stays on the rollout's last step. Tested on one process only: the
+   (:func:`deterministic_chain`); the DMD term stays on the rollout's last step unless ``dmd_steps: all`` (also
+   ours) puts it on the chain's x̂0 too, so the regulariser acts on the steps the reward moves. Tested on one process only: the
    chain runs the (DDP-wrapped) policy several times before one backward.
 
 ``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
@@ -61,8 +62,9 @@ def check_stage2_options(alg) -> None:
         raise ConfigError(f"'algorithm.stage2_mode' is {alg.stage2_mode!r}; valid choices: {choices(STAGE2_MODES)}")
     if alg.hinge_on not in HINGE_ON:
         raise ConfigError(f"'algorithm.hinge_on' is {alg.hinge_on!r}; valid choices: {choices(HINGE_ON)}")
-    if alg.bp_steps not in BP_STEPS:
-        raise ConfigError(f"'algorithm.bp_steps' is {alg.bp_steps!r}; valid choices: {choices(BP_STEPS)}")
+    for k in ("bp_steps", "dmd_steps"):
+        if getattr(alg, k) not in BP_STEPS:
+            raise ConfigError(f"'algorithm.{k}' is {getattr(alg, k)!r}; valid choices: {choices(BP_STEPS)}")
     for k in ("clip_range", "adv_eps", "adv_clip"):
         if getattr(alg, k) <= 0:
             raise ConfigError(f"'algorithm.{k}' must be > 0, got {getattr(alg, k)}")
@@ -218,9 +220,13 @@ def hybrid_losses(alg, view, batch, items):
         yield alg.pg_weight * loss, {"policy_loss": float(loss.detach()), "ratio": float(ratio.detach().mean()),
                                      **st}
     pos, cond_cfg = alg.conditioning(view, mb.prompts)
-    dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
-    x_bp = x_s if alg.bp_steps == "last" else deterministic_chain(view, mb, pos)
-    hinge, bst = reward_backprop(alg, view, x_bp, mb)
+    chain = deterministic_chain(view, mb, pos) if "all" in (alg.bp_steps, alg.dmd_steps) else None
+    if alg.dmd_steps == "all":  # DMD (σ_s = 0) on the chain's x̂0, through every step
+        dm, g = alg.ac_dmd_at(view, chain, 0.0, mb.seeds, pos, cond_cfg)
+        x_s, st = chain, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(T - 1), "sigma_s": 0.0}
+    else:
+        dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
+    hinge, bst = reward_backprop(alg, view, x_s if alg.bp_steps == "last" else chain, mb)
     loss = rtdmd_last_step_loss(dm, hinge, alg.last_dmd_weight, alg.bp_weight)
     yield loss, {"last_dm_loss": float(dm.detach()), "last_loss": float(loss.detach()), **st, **bst}
 

@@ -310,3 +310,42 @@ def test_stage2_bp_steps_all_backprops_the_hinge_through_the_deterministic_chain
         differs |= not torch.allclose(c, d, atol=1e-6)
     assert differs
     view.phase = None
+
+
+def test_stage2_dmd_steps_all_puts_the_last_dmd_on_the_chain(tmp_path, stage1_run):
+    """``dmd_steps: all``: the last unit's DMD is AC-DMD at σ_s = 0 of the deterministic chain's x̂0 (gradient through
+    every step): last unit = 0.3·∇DMD(chain) + 2·∇hinge(chain); its stats say σ_s = 0."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+    from genalign.core.phases import Batch, Phase
+
+    with pytest.raises(ConfigError, match="'algorithm.dmd_steps' is 'some'; valid choices"):
+        RTDMD(stage=2, init_from=stage1_run, dmd_steps="some")
+    cfg = stage2_config(tmp_path, stage1_run, last_dmd_weight=0.3, bp_weight=2.0, bp_steps="all", dmd_steps="all")
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    ro = tr.do_rollout(0, True)
+    items = list(range(len(ro)))
+    mb = ro.index(items)
+    batch = Batch(0, rollout=ro, adv=torch.zeros(len(ro)))
+    view.phase = Phase(("policy",), name="generator")
+    params = gen.trainable_parameters()
+
+    def grad_of(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    *_, (last, st) = list(alg.losses(view, batch, items))
+    assert st["sigma_s"] == 0.0 and st["last_dm_loss"] > 0
+    g_total = grad_of(last)
+    pos, cond = alg.conditioning(view, mb.prompts)
+    chain = s2.deterministic_chain(view, mb, pos)
+    dm, _ = alg.ac_dmd_at(view, chain, 0.0, mb.seeds, pos, cond)
+    g_dm, g_h = grad_of(dm), grad_of(s2.reward_backprop(alg, view, chain, mb)[0])
+    assert float(dm.detach()) == pytest.approx(st["last_dm_loss"], rel=1e-5)
+    n = 0
+    for a, b, c in zip(g_total, g_dm, g_h):
+        if a is not None:
+            torch.testing.assert_close(a, 0.3 * b + 2.0 * c, atol=1e-6, rtol=1e-4)
+            n += 1
+    assert n > 0
+    view.phase = None
