@@ -66,6 +66,11 @@ class RTDMD(DMD2):
     dmd_steps: str = field(default="last", metadata={"help": "Stage 2 (hybrid): the last-step DMD on the rollout's "
                                                    "last step (last, the reference) | on the deterministic chain's "
                                                    "x0 through every step (all; not the paper's)."})
+    anchor_weight: float = field(default=0.0, metadata={"help": "Stage 2 (hybrid): weight of the regression of the "
+                                                     "deterministic x0 to the frozen start's where that one is "
+                                                     "rewarded (not the paper's; 0 = off)."})
+    anchor_min_reward: float = field(default=0.9, metadata={"help": "Stage 2: R_w of the start's sample from which "
+                                                         "the anchor keeps it."})
     hinge_margin: float = field(default=3.0, metadata={"help": "Stage 2: margin of relu(margin − R_w)."})
     adv_eps: float = field(default=1e-4, metadata={"help": "Stage 2: advantage std epsilon."})
     adv_clip: float = field(default=5.0, metadata={"help": "Stage 2: advantage clip."})
@@ -90,6 +95,7 @@ class RTDMD(DMD2):
         if self.stage == 2:
             s2.check_stage2_setup(self, view)
             self._stage1_ck = s2.load_stage1(self, view)
+            s2.make_anchor(self, view)
 
     def declare_parts(self, view):
         parts = super().declare_parts(view)

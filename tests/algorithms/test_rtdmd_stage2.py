@@ -349,3 +349,39 @@ def test_stage2_dmd_steps_all_puts_the_last_dmd_on_the_chain(tmp_path, stage1_ru
             n += 1
     assert n > 0
     view.phase = None
+
+
+def test_stage2_anchor_keeps_the_starts_rewarded_samples(tmp_path, stage1_run):
+    """``anchor_weight``: a frozen copy of the stage-2 start; mean_n m_n·mse(x̂0_n, a_n) with m_n = [R_w(a_n) >= τ]:
+    0 at the start, the hand value once the student moves, and the frozen copy does not move."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+
+    with pytest.raises(ConfigError, match="'algorithm.anchor_weight' must be >= 0"):
+        RTDMD(stage=2, init_from=stage1_run, anchor_weight=-1.0)
+    cfg = stage2_config(tmp_path, stage1_run, anchor_weight=1.0, anchor_min_reward=0.5)
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    anchor0 = {k: v.clone() for k, v in alg.anchor.state_dict().items()}
+    for k, v in gen.denoiser.state_dict().items():
+        assert torch.equal(v, anchor0[k]), k
+    assert not any(p.requires_grad for p in alg.anchor.parameters())
+    ro = tr.do_rollout(0, True)
+    pos, _ = alg.conditioning(view, ro.prompts)
+    with torch.no_grad():
+        la, st = s2.anchor_loss(alg, view, ro, pos, s2.deterministic_chain(view, ro, pos))
+        assert float(la) == 0.0
+        for p in gen.trainable_parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        chain = s2.deterministic_chain(view, ro, pos)
+        a = s2.deterministic_chain(view, ro, pos, model=alg.anchor)
+        m = (s2.bp_reward(view, a, ro) >= 0.5).float()
+        want = sum(float(m[n]) * float(((chain[n] - a[n]) ** 2).mean()) for n in range(len(ro))) / len(ro)
+        la, st = s2.anchor_loss(alg, view, ro, pos, chain)
+    assert float(la) == pytest.approx(want, rel=1e-5) and float(la) > 0
+    assert st["anchor_frac"] == pytest.approx(float(m.mean()))
+    tr.train()
+    for k, v in alg.anchor.state_dict().items():
+        assert torch.equal(v, anchor0[k]), k
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    assert "anchor_loss" in rows[-1] and rows[-1]["anchor_loss"] >= 0
