@@ -60,6 +60,17 @@ class RTDMD(DMD2):
     bp_weight: float = field(default=1e-4, metadata={"help": "Stage 2: hinge reward-backprop weight (λ)."})
     hinge_on: str = field(default="reward", metadata={"help": "Stage 2: the hinge's input: reward (the reference) | "
                                                   "log_reward (log(R_w + 1e-6), a [0, 1] reward; not the paper's)."})
+    bp_steps: str = field(default="last", metadata={"help": "Stage 2 (hybrid): where the hinge's gradient flows: "
+                                                  "last (the reference: the last step) | all (the deterministic "
+                                                  "Euler chain from x_T end to end; not the paper's)."})
+    dmd_steps: str = field(default="last", metadata={"help": "Stage 2 (hybrid): the last-step DMD on the rollout's "
+                                                   "last step (last, the reference) | on the deterministic chain's "
+                                                   "x0 through every step (all; not the paper's)."})
+    anchor_weight: float = field(default=0.0, metadata={"help": "Stage 2 (hybrid): weight of the regression of the "
+                                                     "deterministic x0 to the frozen start's where that one is "
+                                                     "rewarded (not the paper's; 0 = off)."})
+    anchor_min_reward: float = field(default=0.9, metadata={"help": "Stage 2: R_w of the start's sample from which "
+                                                         "the anchor keeps it."})
     hinge_margin: float = field(default=3.0, metadata={"help": "Stage 2: margin of relu(margin − R_w)."})
     adv_eps: float = field(default=1e-4, metadata={"help": "Stage 2: advantage std epsilon."})
     adv_clip: float = field(default=5.0, metadata={"help": "Stage 2: advantage clip."})
@@ -84,6 +95,7 @@ class RTDMD(DMD2):
         if self.stage == 2:
             s2.check_stage2_setup(self, view)
             self._stage1_ck = s2.load_stage1(self, view)
+            s2.make_anchor(self, view)
 
     def declare_parts(self, view):
         parts = super().declare_parts(view)
@@ -154,10 +166,17 @@ class RTDMD(DMD2):
         v = gen.predict(view.module("policy"), x_k, sch.timesteps[k].to(dev), pos, 1.0)
         x_s = x_k + (s_s - s_k) * v  # the student's Euler step to the boundary, with gradient
         x0 = x_k - s_k * v
+        loss, g = self.ac_dmd_at(view, x_s, s_s, ro.seeds, pos, cond_cfg)
+        return loss, x_s, x0, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(k), "sigma_s": s_s}
+
+    def ac_dmd_at(self, view, x_s, s_s: float, seeds, pos, cond_cfg):
+        """The AC-DMD loss of boundary states x_s (with gradient) at σ_s: re-noise, teacher / fake CPS-stepped back
+        with the same ξ′. Returns (loss, g)."""
+        gen, dev = view.generator, view.device
         salt = _AC_SALT + 7 * view.step_count("policy")
-        t, sig_t = self.times(view, s_s, ro.seeds, salt)
-        _, xi = per_sample_draws(view, ro.seeds, salt, x_s.shape[1:])
-        _, xi2 = per_sample_draws(view, ro.seeds, salt + 1, x_s.shape[1:])
+        t, sig_t = self.times(view, s_s, seeds, salt)
+        _, xi = per_sample_draws(view, seeds, salt, x_s.shape[1:])
+        _, xi2 = per_sample_draws(view, seeds, salt + 1, x_s.shape[1:])
         x_t = subinterval_renoise(x_s.detach(), s_s, sig_t.double(), xi).float()
         with view.reference() as ref:
             v_real = gen.predict(ref, x_t, t.to(dev), cond_cfg, self.real_guidance)
@@ -167,8 +186,7 @@ class RTDMD(DMD2):
         back = torch.full_like(sig_t, s_s)
         xs_real = flow_cps_step(v_real, x_t, sig_t, back, self.cps_eta, noise=xi2).prev_sample
         xs_fake = flow_cps_step(v_fake, x_t, sig_t, back, self.cps_eta, noise=xi2).prev_sample
-        loss, g = ac_dmd_loss(x_s, xs_real, xs_fake, self.normaliser_eps)
-        return loss, x_s, x0, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(k), "sigma_s": s_s}
+        return ac_dmd_loss(x_s, xs_real, xs_fake, self.normaliser_eps)
 
     # ------------------------------------------------------------------------------------------ fake score
     def fake_loss(self, view, batch, ro, items=()):

@@ -18,7 +18,13 @@ the :class:`~genalign.algorithms.rtdmd.RTDMD` algorithm (``stage: 2``). Pure mat
    reward's own option (``pickscore: {divide_by: 26}``; genalign's ``clip_score`` is the raw cosine already);
    ``hinge_on: log_reward`` (not the paper's) puts log(R_w + 1e-6) in the hinge instead of R_w. One backward unit per
    PPO step and one for the last step: the trainer averages the units, so the weights above are relative to one PPO
-   step's loss (``pg_weight``).
+   step's loss (``pg_weight``). ``bp_steps: all`` (not the paper's; the default ``last`` is) puts the hinge instead
+   on the x̂0 of the student's deterministic Euler chain from the rollout's x_T, differentiated through every step
+   (:func:`deterministic_chain`); the DMD term stays on the rollout's last step unless ``dmd_steps: all`` (also
+   ours) puts it on the chain's x̂0 too, so the regulariser acts on the steps the reward moves. ``anchor_weight``
+   (ours) adds a regression of the chain's x̂0 to the frozen stage-2 start's on the samples it already got right
+   (:func:`anchor_loss`). Tested on one process only: the
+   chain runs the (DDP-wrapped) policy several times before one backward.
 
 ``stage2_mode: simple_sum`` (the DMDR-style baseline of arXiv 2603.28460, ``vvvvvjdy/dmdr``): stage 1's generator
 step unchanged (the deterministic rollout, AC-DMD at a backward-simulated step k) plus ``bp_weight``·the same hinge on
@@ -34,6 +40,7 @@ law here, as in stage 1).
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Dict, Tuple
 
@@ -48,6 +55,7 @@ from genalign.losses.rtdmd import (
 
 STAGE2_MODES = ("hybrid", "simple_sum")
 HINGE_ON = ("reward", "log_reward")
+BP_STEPS = ("last", "all")
 _SUB_SALT = 1313
 _LOG_EPS = 1e-6
 
@@ -57,10 +65,13 @@ def check_stage2_options(alg) -> None:
         raise ConfigError(f"'algorithm.stage2_mode' is {alg.stage2_mode!r}; valid choices: {choices(STAGE2_MODES)}")
     if alg.hinge_on not in HINGE_ON:
         raise ConfigError(f"'algorithm.hinge_on' is {alg.hinge_on!r}; valid choices: {choices(HINGE_ON)}")
+    for k in ("bp_steps", "dmd_steps"):
+        if getattr(alg, k) not in BP_STEPS:
+            raise ConfigError(f"'algorithm.{k}' is {getattr(alg, k)!r}; valid choices: {choices(BP_STEPS)}")
     for k in ("clip_range", "adv_eps", "adv_clip"):
         if getattr(alg, k) <= 0:
             raise ConfigError(f"'algorithm.{k}' must be > 0, got {getattr(alg, k)}")
-    for k in ("pg_weight", "last_dmd_weight", "bp_weight"):
+    for k in ("pg_weight", "last_dmd_weight", "bp_weight", "anchor_weight"):
         if getattr(alg, k) < 0:
             raise ConfigError(f"'algorithm.{k}' must be >= 0, got {getattr(alg, k)}")
     if alg.subgrpo_num_steps < 1:
@@ -159,14 +170,19 @@ def sub_steps(alg, view, num_steps: int) -> Tuple[int, ...]:
     return subgrpo_steps(view.seed(_SUB_SALT), n_sto, min(alg.subgrpo_num_steps, n_sto))
 
 
-def reward_backprop(alg, view, x0: torch.Tensor, ro) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """mean relu(margin − R_w) on the decoded x̂0 through the differentiable rewards (``bp_mixin.py``)."""
+def bp_reward(view, x0: torch.Tensor, ro) -> torch.Tensor:
+    """R_w of the decoded x̂0 over the differentiable rewards (keeps the graph)."""
     rewards = [r for r in view.rewards if getattr(r, "differentiable", False)]
     images = view.generator.decode(x0)
     meta = ro.metadata or None
     cols = [r(images, ro.prompts, meta).to(x0.device) for r in rewards]
     per = torch.nan_to_num(torch.stack(cols, 1), nan=0.0)  # a reward that does not apply contributes nothing
-    r_w = weighted_reward(per, [float(r.weight) for r in rewards])
+    return weighted_reward(per, [float(r.weight) for r in rewards])
+
+
+def reward_backprop(alg, view, x0: torch.Tensor, ro) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """mean relu(margin − R_w) on the decoded x̂0 through the differentiable rewards (``bp_mixin.py``)."""
+    r_w = bp_reward(view, x0, ro)
     hinge = reward_hinge_loss(hinge_input(r_w, alg.hinge_on), alg.hinge_margin)
     return hinge, {"bp_reward": float(r_w.detach().mean()), "hinge": float(hinge.detach())}
 
@@ -178,6 +194,41 @@ def hinge_input(r_w: torch.Tensor, hinge_on: str = "reward") -> torch.Tensor:
     if hinge_on == "log_reward":
         return torch.log(r_w.clamp_min(0) + _LOG_EPS)
     return r_w
+
+
+def make_anchor(alg, view) -> None:
+    """``anchor_weight > 0``: a frozen copy of the student as stage 2 starts (stage 1's weights or their EMA); not a
+    part, not checkpointed: a resumed run rebuilds it from ``init_from``."""
+    alg.anchor = None
+    if alg.anchor_weight > 0:
+        alg.anchor = copy.deepcopy(view.generator.denoiser).requires_grad_(False).eval()
+
+
+def anchor_loss(alg, view, ro, pos, chain: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """``anchor_weight`` (this library's option, not the paper's): mean_n m_n·mean((x̂0_n − a_n)²), a_n the frozen
+    stage-2 start's deterministic x̂0 from the same x_T and m_n = [R_w(a_n) >= anchor_min_reward]: the noise that
+    already gave a rewarded sample keeps its sample, the rest is free for the reward — aiming at the start's
+    distribution restricted to its rewarded samples, instead of sharpening them all."""
+    with torch.no_grad():
+        a = deterministic_chain(view, ro, pos, model=alg.anchor)
+        m = (bp_reward(view, a, ro) >= alg.anchor_min_reward).float()
+    loss = (m * ((chain.float() - a) ** 2).flatten(1).mean(1)).mean()
+    return loss, {"anchor_loss": float(loss.detach()), "anchor_frac": float(m.mean())}
+
+
+def deterministic_chain(view, ro, pos, model=None) -> torch.Tensor:
+    """``bp_steps: all`` (this library's option, not the paper's): the student's deterministic Euler chain over the
+    rollout's sigmas from the rollout's initial noise x_T — the sampler it is evaluated and exported with —
+    differentiated end to end (DRaFT-style), so the hinge's gradient reaches the early steps where a sample's class
+    is decided, not only the last one (σ_{T−1} → 0). Returns the chain's x̂0 with gradient."""
+    gen, sch, dev = view.generator, ro.schedule, view.device
+    sig = sch.sigmas
+    x = ro.states[:, 0].to(dev).float()
+    model = view.module("policy") if model is None else model
+    for k in range(sch.num_steps):
+        v = gen.predict(model, x, sch.timesteps[k].to(dev), pos, 1.0)
+        x = x + float(sig[k + 1] - sig[k]) * v
+    return x
 
 
 def hybrid_units(alg, view, batch) -> int:
@@ -198,9 +249,18 @@ def hybrid_losses(alg, view, batch, items):
         yield alg.pg_weight * loss, {"policy_loss": float(loss.detach()), "ratio": float(ratio.detach().mean()),
                                      **st}
     pos, cond_cfg = alg.conditioning(view, mb.prompts)
-    dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
-    hinge, bst = reward_backprop(alg, view, x_s, mb)
+    need_chain = "all" in (alg.bp_steps, alg.dmd_steps) or alg.anchor_weight > 0
+    chain = deterministic_chain(view, mb, pos) if need_chain else None
+    if alg.dmd_steps == "all":  # DMD (σ_s = 0) on the chain's x̂0, through every step
+        dm, g = alg.ac_dmd_at(view, chain, 0.0, mb.seeds, pos, cond_cfg)
+        x_s, st = chain, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(T - 1), "sigma_s": 0.0}
+    else:
+        dm, x_s, _, st = alg.ac_dmd_term(view, mb, T - 1, pos, cond_cfg)  # σ_s = 0: x_s is the final x̂0
+    hinge, bst = reward_backprop(alg, view, x_s if alg.bp_steps == "last" else chain, mb)
     loss = rtdmd_last_step_loss(dm, hinge, alg.last_dmd_weight, alg.bp_weight)
+    if alg.anchor_weight > 0:
+        la, ast = anchor_loss(alg, view, mb, pos, chain)
+        loss, bst = loss + alg.anchor_weight * la, {**bst, **ast}
     yield loss, {"last_dm_loss": float(dm.detach()), "last_loss": float(loss.detach()), **st, **bst}
 
 

@@ -266,3 +266,122 @@ def test_stage2_log_reward_hinge_pinned_and_its_gradient_reaches_wrong_samples()
         g_log, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "log_reward"), 3.0), x)
         g_lin, = torch.autograd.grad(reward_hinge_loss(hinge_input(x, "reward"), 3.0), x)
         assert float(g_lin) == -1.0 and float(g_log / g_lin) == pytest.approx(ratio, rel=1e-9)
+
+
+def test_stage2_bp_steps_all_backprops_the_hinge_through_the_deterministic_chain(tmp_path, stage1_run):
+    """``bp_steps: all``: the hinge's x̂0 is the student's deterministic sampler (the one it is evaluated with) run
+    from the rollout's x_T with gradient; the last unit's gradient = last_dmd_weight·∇DMD(last step) +
+    bp_weight·∇hinge(chain), and it differs from ``bp_steps: last``'s."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+    from genalign.core.phases import Batch, Phase
+
+    with pytest.raises(ConfigError, match="'algorithm.bp_steps' is 'first'; valid choices: .*all"):
+        RTDMD(stage=2, init_from=stage1_run, bp_steps="first")
+    cfg = stage2_config(tmp_path, stage1_run, last_dmd_weight=0.3, bp_weight=2.0, bp_steps="all")
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    ro = tr.do_rollout(0, True)
+    items = list(range(len(ro)))
+    mb = ro.index(items)
+    pos, cond = alg.conditioning(view, mb.prompts)
+    det = gen.rollout(mb.prompts, mb.seeds, cfg.sampler, stochastic=False, decode=False)
+    with torch.no_grad():
+        torch.testing.assert_close(s2.deterministic_chain(view, det, pos), det.states[:, -1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(s2.deterministic_chain(view, mb, pos), mb.states[:, -1], atol=1e-3)  # CPS ≠ ODE
+    batch = Batch(0, rollout=ro, adv=torch.zeros(len(ro)))
+    view.phase = Phase(("policy",), name="generator")
+    params = gen.trainable_parameters()
+
+    def grad_of(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    *_, (last, _) = list(alg.losses(view, batch, items))
+    g_total = grad_of(last)
+    dm, x_s, _, _ = alg.ac_dmd_term(view, mb, ro.schedule.num_steps - 1, pos, cond)
+    g_dm = grad_of(dm)
+    g_h = grad_of(s2.reward_backprop(alg, view, s2.deterministic_chain(view, mb, pos), mb)[0])
+    g_last = grad_of(s2.reward_backprop(alg, view, x_s, mb)[0])
+    differs = False
+    for a, b, c, d in zip(g_total, g_dm, g_h, g_last):
+        if a is None:
+            continue
+        torch.testing.assert_close(a, 0.3 * b + 2.0 * c, atol=1e-6, rtol=1e-4)
+        differs |= not torch.allclose(c, d, atol=1e-6)
+    assert differs
+    view.phase = None
+
+
+def test_stage2_dmd_steps_all_puts_the_last_dmd_on_the_chain(tmp_path, stage1_run):
+    """``dmd_steps: all``: the last unit's DMD is AC-DMD at σ_s = 0 of the deterministic chain's x̂0 (gradient through
+    every step): last unit = 0.3·∇DMD(chain) + 2·∇hinge(chain); its stats say σ_s = 0."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+    from genalign.core.phases import Batch, Phase
+
+    with pytest.raises(ConfigError, match="'algorithm.dmd_steps' is 'some'; valid choices"):
+        RTDMD(stage=2, init_from=stage1_run, dmd_steps="some")
+    cfg = stage2_config(tmp_path, stage1_run, last_dmd_weight=0.3, bp_weight=2.0, bp_steps="all", dmd_steps="all")
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    ro = tr.do_rollout(0, True)
+    items = list(range(len(ro)))
+    mb = ro.index(items)
+    batch = Batch(0, rollout=ro, adv=torch.zeros(len(ro)))
+    view.phase = Phase(("policy",), name="generator")
+    params = gen.trainable_parameters()
+
+    def grad_of(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+
+    *_, (last, st) = list(alg.losses(view, batch, items))
+    assert st["sigma_s"] == 0.0 and st["last_dm_loss"] > 0
+    g_total = grad_of(last)
+    pos, cond = alg.conditioning(view, mb.prompts)
+    chain = s2.deterministic_chain(view, mb, pos)
+    dm, _ = alg.ac_dmd_at(view, chain, 0.0, mb.seeds, pos, cond)
+    g_dm, g_h = grad_of(dm), grad_of(s2.reward_backprop(alg, view, chain, mb)[0])
+    assert float(dm.detach()) == pytest.approx(st["last_dm_loss"], rel=1e-5)
+    n = 0
+    for a, b, c in zip(g_total, g_dm, g_h):
+        if a is not None:
+            torch.testing.assert_close(a, 0.3 * b + 2.0 * c, atol=1e-6, rtol=1e-4)
+            n += 1
+    assert n > 0
+    view.phase = None
+
+
+def test_stage2_anchor_keeps_the_starts_rewarded_samples(tmp_path, stage1_run):
+    """``anchor_weight``: a frozen copy of the stage-2 start; mean_n m_n·mse(x̂0_n, a_n) with m_n = [R_w(a_n) >= τ]:
+    0 at the start, the hand value once the student moves, and the frozen copy does not move."""
+    from genalign.algorithms import rtdmd_stage2 as s2
+    from genalign.algorithms.rtdmd import RTDMD
+
+    with pytest.raises(ConfigError, match="'algorithm.anchor_weight' must be >= 0"):
+        RTDMD(stage=2, init_from=stage1_run, anchor_weight=-1.0)
+    cfg = stage2_config(tmp_path, stage1_run, anchor_weight=1.0, anchor_min_reward=0.5)
+    tr = trainer_for(cfg)
+    alg, view, gen = tr.algorithm, tr.view, tr.generator
+    anchor0 = {k: v.clone() for k, v in alg.anchor.state_dict().items()}
+    for k, v in gen.denoiser.state_dict().items():
+        assert torch.equal(v, anchor0[k]), k
+    assert not any(p.requires_grad for p in alg.anchor.parameters())
+    ro = tr.do_rollout(0, True)
+    pos, _ = alg.conditioning(view, ro.prompts)
+    with torch.no_grad():
+        la, st = s2.anchor_loss(alg, view, ro, pos, s2.deterministic_chain(view, ro, pos))
+        assert float(la) == 0.0
+        for p in gen.trainable_parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        chain = s2.deterministic_chain(view, ro, pos)
+        a = s2.deterministic_chain(view, ro, pos, model=alg.anchor)
+        m = (s2.bp_reward(view, a, ro) >= 0.5).float()
+        want = sum(float(m[n]) * float(((chain[n] - a[n]) ** 2).mean()) for n in range(len(ro))) / len(ro)
+        la, st = s2.anchor_loss(alg, view, ro, pos, chain)
+    assert float(la) == pytest.approx(want, rel=1e-5) and float(la) > 0
+    assert st["anchor_frac"] == pytest.approx(float(m.mean()))
+    tr.train()
+    for k, v in alg.anchor.state_dict().items():
+        assert torch.equal(v, anchor0[k]), k
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    assert "anchor_loss" in rows[-1] and rows[-1]["anchor_loss"] >= 0
