@@ -5,9 +5,10 @@ checkpoint is evaluated on held-out prompts x held-out seeds (offline, CPU, one 
         "grpo_nokl=configs/toy/tones_grpo.yaml|algorithm.beta=0" nft=configs/toy/tones_nft.yaml \\
         --iterations 30 --save-every 5
 
-A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of
-assets/tones/prompts/eval.txt, never trained on; seeds 1000.. (--seeds of them), never seen in training or in the
-base's selection; the recipe's deterministic evaluation sampler):
+A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of the recipe's
+data.eval_prompts — assets/tones/prompts/eval.txt or eval_any_articulation.txt, never trained on; each run is
+compared with the base sampled on the same prompt file; seeds 1000.. (--seeds of them), never seen in training or
+in the base's selection; the recipe's deterministic evaluation sampler):
   correctness   tone_correctness (are the caption's notes the spectral peaks), mean
   FAD real      Fréchet distance of toy-CLAP (encoder `tones`) embeddings to the shipped real tones clips
   FAD stacc.    the same to the staccato exemplar subset (DRAGON's target)
