@@ -50,9 +50,11 @@ def test_toy_recipe_rewards_build_and_score(path, monkeypatch):
     from genalign.registry import MODELS
 
     if MODELS.get(cfg.model.family).modality == "audio":  # the tones recipes: real tones clips of the prompts
-        from genalign.tones.data import all_labels, make_clips
+        from genalign.tones.data import all_labels, make_caption, make_clips
 
         by_caption = {lab.caption: lab for lab in all_labels()}
+        for lab in all_labels():  # captions that leave the articulation open: a clip of either (the first drawn)
+            by_caption.setdefault(make_caption(lab.root, lab.kind, lab.timbre), lab)
         x = make_clips([by_caption[p] for p in prompts], seed=0)
     else:
         x = torch.rand(len(prompts), 3, cfg.model.height, cfg.model.width, generator=torch.Generator().manual_seed(0))
