@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import List, Optional
 
@@ -61,8 +62,8 @@ def set_aside_previous_run(out: str) -> Optional[str]:
     checkpoint (:func:`drop_previous_runs`), so a crash in its first iteration loses nothing."""
     if previous_run_state(out) == "empty":
         return None
-    aside = os.path.join(out, f"{PREVIOUS}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    os.makedirs(aside)
+    # mkdtemp: a unique name even when one process sets two runs aside within the same second (seen in CI)
+    aside = tempfile.mkdtemp(prefix=f"{PREVIOUS}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-", dir=out)
     moved = [n for n in RUN_ENTRIES if os.path.lexists(os.path.join(out, n))]
     for name in moved:
         os.replace(os.path.join(out, name), os.path.join(aside, name))

@@ -52,3 +52,20 @@ def test_a_run_that_failed_before_its_first_iteration_does_not_block_the_rerun(t
     (out / "mine.txt").write_text("x")
     assert main(["train", cfg(tiny_sd3, tmp_path, "good", out)]) == 2  # a real run is never written over
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_two_runs_set_aside_within_one_second_get_distinct_folders(tmp_path):
+    """One process overwriting twice within the same second (as the test above can) must not collide."""
+    from genalign.core.checkpoint import drop_previous_runs, set_aside_previous_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    firsts = []
+    for k in range(2):
+        (out / "summary.json").write_text(f"run {k}")
+        (out / "checkpoints").mkdir()
+        firsts.append(set_aside_previous_run(str(out)))
+    assert len(set(firsts)) == 2 and len(asides(out)) == 2
+    assert sorted((out / a / "summary.json").read_text() for a in asides(out)) == ["run 0", "run 1"]
+    drop_previous_runs(str(out))
+    assert asides(out) == []
