@@ -222,12 +222,11 @@ def deterministic_chain(view, ro, pos, model=None) -> torch.Tensor:
     differentiated end to end (DRaFT-style), so the hinge's gradient reaches the early steps where a sample's class
     is decided, not only the last one (σ_{T−1} → 0). Returns the chain's x̂0 with gradient."""
     gen, sch, dev = view.generator, ro.schedule, view.device
-    sig = sch.sigmas
     x = ro.states[:, 0].to(dev).float()
     model = view.module("policy") if model is None else model
-    for k in range(sch.num_steps):
+    for k in range(sch.num_steps):  # the law's deterministic step (the flow Euler step x + (σ' − σ)·v), with grad
         v = gen.predict(model, x, sch.timesteps[k].to(dev), pos, 1.0)
-        x = x + float(sig[k + 1] - sig[k]) * v
+        x = gen.kernel_step(v, x, k, sch, view.cfg.sampler, False).prev_sample
     return x
 
 
