@@ -164,8 +164,9 @@ class RTDMD(DMD2):
         s_k, s_s = self.boundary(ro, k)
         x_k = ro.states[:, k].to(dev).float()
         v = gen.predict(view.module("policy"), x_k, sch.timesteps[k].to(dev), pos, 1.0)
-        x_s = x_k + (s_s - s_k) * v  # the student's Euler step to the boundary, with gradient
-        x0 = x_k - s_k * v
+        # the student's deterministic step to the boundary, with gradient (the law's ODE step: flow Euler)
+        x_s = gen.kernel_step(v, x_k, k, sch, view.cfg.sampler, False).prev_sample
+        x0 = gen.law.x0_from(v.float(), x_k, s_k)
         loss, g = self.ac_dmd_at(view, x_s, s_s, ro.seeds, pos, cond_cfg)
         return loss, x_s, x0, {"dm_grad_abs": float(g.abs().mean()), "sim_step": float(k), "sigma_s": s_s}
 
