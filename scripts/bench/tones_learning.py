@@ -5,6 +5,10 @@ checkpoint is evaluated on held-out prompts x held-out seeds (offline, CPU, one 
         "grpo_nokl=configs/toy/tones_grpo.yaml|algorithm.beta=0" nft=configs/toy/tones_nft.yaml \\
         --iterations 30 --save-every 5
 
+    # where an existing run's remaining errors sit, per prompt (base vs its checkpoint at or before iteration 250)
+    python scripts/bench/tones_learning.py --skip-train --out runs/fe --runs nft_ref0.1=configs/toy/tones_nft.yaml \\
+        --max-iteration 250 --ckpt-stride 100 --per-prompt
+
 A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of the recipe's
 data.eval_prompts — assets/tones/prompts/eval.txt or eval_any_articulation.txt, never trained on; each run is
 compared with the base sampled on the same prompt file; seeds 1000.. (--seeds of them), never seen in training or
@@ -86,6 +90,20 @@ def write_artefacts(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, sample_ra
     write_evaluation(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, "audio", sample_rate)
 
 
+def per_prompt(name, iteration, prompts, base, after, n_seeds):
+    """Each prompt's correctness per seed, base | run, and where the run's remaining deficit (1 − correctness) sits:
+    in prompts whose seeds agree (sd < 0.05: a shared error, which a group-normalised advantage cannot see) or not."""
+    b, a = base.view(len(prompts), n_seeds), after.view(len(prompts), n_seeds)
+    print(f"\n{name} at iteration {iteration}, per prompt (seeds 1000..{999 + n_seeds}): base | run")
+    for i, p in enumerate(prompts):
+        print(f"  {p[:48]:48s} {' '.join(f'{v:.2f}' for v in b[i].tolist())} | "
+              f"{' '.join(f'{v:.2f}' for v in a[i].tolist())}")
+    deficit = (1 - a).clamp(min=0)
+    shared = a.std(dim=1) < 0.05
+    print(f"  deficit {float(deficit.mean()):.3f}, of which in prompts whose seeds agree within sd 0.05: "
+          f"{float(deficit[shared].sum() / deficit.sum().clamp(min=1e-12)):.2f} ({int(shared.sum())} prompts)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="+", required=True, help="NAME=RECIPE[|OVERRIDE...]")
@@ -98,6 +116,9 @@ def main():
     ap.add_argument("--artefacts", default=None, help="write before/after media here (4 prompts x 2 seeds)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate existing run folders only")
     ap.add_argument("--ckpt-stride", type=int, default=1, help="evaluate every n-th checkpoint (and the last)")
+    ap.add_argument("--max-iteration", type=int, default=None, help="ignore checkpoints after this iteration")
+    ap.add_argument("--per-prompt", action="store_true",
+                    help="print each eval prompt's per-seed correctness, base vs the last evaluated checkpoint")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from genalign.config import load_config
@@ -134,7 +155,8 @@ def main():
             bases[tag] = (metrics(x, P, args.seeds), x, len(prompts))
         base, base_x, _ = bases[tag]
         curve = []
-        cks = list_checkpoints(out)
+        cks = [c for c in list_checkpoints(out) if args.max_iteration is None
+               or json.load(open(os.path.join(c, "trainer_state.json")))["iteration"] <= args.max_iteration]
         for ck in [c for i, c in enumerate(cks) if i % args.ckpt_stride == args.ckpt_stride - 1 or i == len(cks) - 1]:
             st = json.load(open(os.path.join(ck, "trainer_state.json")))
             x, P, S = samples_of(generator(cfg, ck), cfg.sampler, prompts, args.seeds)
@@ -145,6 +167,8 @@ def main():
         if not curve:
             continue
         after = curve[-1][2]
+        if args.per_prompt:
+            per_prompt(name, curve[-1][0], prompts, base["per"]["correctness"], after["per"]["correctness"], args.seeds)
         wins = {k: float((after["per"][k] > base["per"][k]).float().mean()) for k in WIN_REWARDS}
         reach = next((traj for _, traj, m in curve if m["correctness"] >= args.level), None)
         rows.append((name, after, wins, curve[-1][1], cpu, reach, tag))
