@@ -28,9 +28,12 @@ def main(argv=None) -> int:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
                         help=f"{help_} (default {getattr(d, name)})")
     ap.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    ap.add_argument("--pitch-floor", type=float, default=d.pitch_floor,
+                    help=f"the toy CLAP's pitch-feature floor, a share of the clip's power (default {d.pitch_floor})")
     a = ap.parse_args(argv)
     cfg = BuildConfig(seed=a.seed, threads=a.threads, train_clips=a.train_clips, steps=a.steps, batch_size=a.batch_size,
-                      lr=a.lr, real_clips=a.real_clips, staccato_clips=a.staccato_clips)
+                      lr=a.lr, real_clips=a.real_clips, staccato_clips=a.staccato_clips,
+                      pitch_floor=a.pitch_floor)
     m = build_assets(os.path.abspath(a.out), cfg)
     print(f"built {os.path.abspath(a.out)} in {m['build_time_s']['total_s']:.0f}s")
     return 0

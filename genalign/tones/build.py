@@ -38,6 +38,7 @@ class BuildConfig:
     eval_clips_per_caption: int = 4
     real_clips: int = 160
     staccato_clips: int = 64
+    pitch_floor: float = 1e-2  # the CLAP's pitch-feature floor (genalign.tones.clap module doc)
 
 
 def _features(model: TonesClap, wav: torch.Tensor, chunk: int = 500) -> torch.Tensor:
@@ -97,13 +98,14 @@ def build_assets(out_dir: str, cfg: BuildConfig = BuildConfig(), log=print) -> D
     times: Dict[str, float] = {}
 
     wav, labels = D.make_dataset(cfg.train_clips, "train", 1000 + cfg.seed)
-    feats = _features(TonesClap(), wav)  # the feature front-end has no weights
+    clap_cfg = {"pitch_floor": cfg.pitch_floor}
+    feats = _features(TonesClap(clap_cfg), wav)  # the feature front-end has no weights
     times["data_s"] = time.time() - t0
     log(f"{cfg.train_clips} training clips + features in {times['data_s']:.1f}s")
 
     t = time.time()
     res = train_clap(feats, [lab.caption for lab in labels], cfg.steps, cfg.batch_size, cfg.lr, cfg.seed,
-                     log_every=max(1, cfg.steps // 10))
+                     config=clap_cfg, log_every=max(1, cfg.steps // 10))
     model = res["model"]
     times["train_s"] = time.time() - t
     metrics = evaluate(model, cfg.seed, cfg.eval_clips_per_caption)

@@ -4,10 +4,16 @@ Audio tower (waveforms (N, C, L) in [-1, 1] at 8 kHz; mono mix; any length ≥ 1
 
 * **pitch features** — the Hann-windowed power spectrum of the whole clip, pooled by a triangular filterbank
   with centres every half semitone from MIDI ``midi_lo`` to ``midi_hi`` (48..110, i.e. 131 Hz..3.7 kHz,
-  edges at the neighbouring centres), as ``log(band / total + 1e-6)`` — loudness-invariant; a 1 s clip
-  resolves 1 Hz, well inside a half semitone at the lowest band;
+  edges at the neighbouring centres), as ``log(band / total + pitch_floor)`` — loudness-invariant; a 1 s clip
+  resolves 1 Hz, well inside a half semitone at the lowest band. ``pitch_floor`` is 1e-2 (−20 dB of the clip's
+  power; the role of VGGish's ``log(mel + 0.01)`` offset): with the first build's 1e-6 (−60 dB) the features were
+  dominated by the generator's noise floor between the harmonics, which no listener hears, so that a FAD on
+  them ranked clips by that floor rather than by pitch, timbre or articulation (the base prompted for staccato
+  sat further from the staccato exemplars than the base prompted for legato: 1.69 vs 1.58; with 1e-2: 0.47 vs
+  0.78 — ``scripts/bench/tones_fad_floor.py --floors``). Files built before the floor was configurable load
+  with their own 1e-6 (:data:`LEGACY_FLOORS`);
 * **envelope features** — the clip cut into ``env_frames`` (64) equal frames, frame RMS in dB relative to the
-  loudest frame, floored at −60 dB, scaled to [−1, 0] (articulation: attack and duration);
+  loudest frame, floored at ``env_floor_db`` (−60 dB), scaled to [−1, 0] (articulation: attack and duration);
 * an MLP (LayerNorm → Linear → GELU → Linear → GELU → Linear) to a ``dim``-dimensional, L2-normalised embedding.
 
 Text tower: captions tokenised into the caption grammar's words (:func:`tokenize`: upper-case ``A``..``G`` with
@@ -35,7 +41,10 @@ from ..errors import CheckpointError, GenalignError
 from .data import ARTICULATIONS, KIND_NAMES, PITCH_NAMES, SAMPLE_RATE, TIMBRES, parse_pitch
 
 DEFAULT_CONFIG: Dict[str, Any] = {"sample_rate": SAMPLE_RATE, "midi_lo": 48.0, "midi_hi": 110.0, "midi_step": 0.5,
-                                  "env_frames": 64, "hidden": 256, "dim": 32, "word_dim": 64}
+                                  "env_frames": 64, "hidden": 256, "dim": 32, "word_dim": 64,
+                                  "pitch_floor": 1e-2, "env_floor_db": -60.0}
+# What a CLAP file built before the floors were configurable used (its stored config has no floor keys).
+LEGACY_FLOORS: Dict[str, Any] = {"pitch_floor": 1e-6, "env_floor_db": -60.0}
 
 _PITCH_TOKEN = re.compile(r"^[A-G](#|b)?$")
 
@@ -94,11 +103,12 @@ class AudioTower(nn.Module):
         win = torch.hann_window(wave.shape[-1], periodic=False, device=wave.device)
         power = torch.fft.rfft(wave * win, dim=-1).abs().pow(2)
         bands = power @ self._filterbank(power.shape[-1], wave.device).T
-        pitch = torch.log(bands / (bands.sum(-1, keepdim=True) + 1e-12) + 1e-6)
+        pitch = torch.log(bands / (bands.sum(-1, keepdim=True) + 1e-12) + float(self.cfg["pitch_floor"]))
         usable = wave.shape[-1] // n_frames * n_frames
         rms = wave[:, :usable].reshape(wave.shape[0], n_frames, -1).pow(2).mean(-1)
+        floor = float(self.cfg["env_floor_db"])
         db = 10 * torch.log10(rms / (rms.max(-1, keepdim=True).values + 1e-12) + 1e-6)
-        env = db.clamp(min=-60.0) / 60.0
+        env = db.clamp(min=floor) / -floor
         return torch.cat([pitch, env], dim=-1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -183,7 +193,7 @@ class TonesClap(nn.Module):
             raise CheckpointError(f"cannot read tones CLAP '{path}': {e}") from None
         if meta.get("format") != "genalign-tones-clap-1":
             raise CheckpointError(f"'{path}' is not a tones CLAP file (no 'genalign-tones-clap-1' metadata)")
-        model = cls(json.loads(meta["config"]), json.loads(meta["vocab"]))
+        model = cls({**LEGACY_FLOORS, **json.loads(meta["config"])}, json.loads(meta["vocab"]))
         model.load_state_dict(state)
         return model.eval()
 

@@ -1,11 +1,19 @@
-"""Where the tones world's FAD to the staccato exemplars can go: reference distances that no fine-tuning changes.
+"""Where the tones world's FAD to the staccato exemplars can go, and whether it measures articulation at all.
 
-    python scripts/bench/tones_fad_floor.py [--pipeline assets/tones/pipeline] [--cfg 1 1.5 3]
+    python scripts/bench/tones_fad_floor.py [--pipeline assets/tones/pipeline] [--cfg 1 1.5 3] [--floors 1e-6 1e-2]
 
-Prints the Fréchet distance of toy-CLAP embeddings to assets/tones/exemplars/staccato.safetensors of: the shipped real
-clips (all / staccato / legato ones), the real clips after the analytic codec's encode → decode (the floor of anything
-the pipeline decodes), and the base sampled on the open-articulation held-out prompts (36 × 4 seeds, the recipes'
-deterministic 10-step sampler) at each CFG scale, with its correctness and articulation proxies.
+Prints, per toy-CLAP encoder, the Fréchet distance of its embeddings to the staccato exemplars
+(assets/tones/exemplars/staccato.safetensors) of:
+* the shipped real clips (all / staccato / legato ones) and the real clips after the analytic codec's encode →
+  decode (the floor of anything the pipeline decodes);
+* the base sampled on the open-articulation held-out prompts (36 × 4 seeds, the recipes' deterministic 10-step
+  sampler) at each CFG scale, with its correctness and articulation proxies;
+* the validity check: the base prompted for staccato vs for legato (36 captions of eval.txt each, 4 seeds, the
+  recipe's CFG). A distance to *staccato* exemplars that measures articulation puts the staccato-prompted set nearer.
+
+Encoders: the shipped toy CLAP, then (``--floors``) one CLAP per pitch-feature floor, trained in-process exactly as
+scripts/build_tones_assets.py trains the shipped one except for the floor (about 25 s each), with the real set and
+the exemplars re-embedded by it (the clips are the same: they are seeded).
 """
 
 from __future__ import annotations
@@ -21,43 +29,77 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def clap_variant(pitch_floor: float):
+    """A toy CLAP built as the shipped one (genalign.tones.build defaults) with another pitch-feature floor."""
+    from genalign.tones import data as D
+    from genalign.tones.build import BuildConfig, _features
+    from genalign.tones.clap import TonesClap, train_clap
+
+    b = BuildConfig()
+    wav, labels = D.make_dataset(b.train_clips, "train", 1000 + b.seed)
+    cfg = {"pitch_floor": pitch_floor}
+    feats = _features(TonesClap(cfg), wav)
+    return train_clap(feats, [lab.caption for lab in labels], b.steps, b.batch_size, b.lr, b.seed, config=cfg)["model"].eval()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pipeline", default=os.path.join(REPO, "assets", "tones", "pipeline"))
     ap.add_argument("--cfg", type=float, nargs="*", default=[1.0, 1.5, 3.0])
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--floors", type=float, nargs="*", default=[],
+                    help="also train a toy CLAP with each of these pitch-feature floors and report with it")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from diffusers import AutoencoderOobleck
-    from tones_learning import Metrics, generator, samples_of
+    from tones_learning import generator, samples_of
 
     from genalign.config import load_config
     from genalign.io import read_prompts
+    from genalign.registry import REWARDS
     from genalign.rewards.stats import frechet_distance
     from genalign.tones.assets import load_reference
-    from genalign.tones.encoders import TonesEncoder
+    from genalign.tones.clap import load_clap
     from genalign.tones.pipeline import mdct_encode
 
-    wav, labels, emb = load_reference()
-    _, _, ex = load_reference(path=os.path.join(REPO, "assets", "tones", "exemplars", "staccato.safetensors"))
+    wav, labels, _ = load_reference()
+    ex_wav, _, _ = load_reference(path=os.path.join(REPO, "assets", "tones", "exemplars", "staccato.safetensors"))
+    wav, ex_wav = wav.float(), ex_wav.float()
     st = torch.tensor([lab.articulation == "staccato" for lab in labels])
-    fd = lambda a: float(frechet_distance(a, ex, 1e-4))  # noqa: E731
-    print(f"real clips -> staccato exemplars: all {fd(emb):.2f}, staccato ones {fd(emb[st]):.2f}, "
-          f"legato ones {fd(emb[~st]):.2f}  ({len(labels)} clips, {int(st.sum())} staccato)")
     vae = AutoencoderOobleck.from_pretrained(os.path.join(args.pipeline, "vae"))
     with torch.no_grad():
-        dec = vae.decode(mdct_encode(wav)).sample[..., :wav.shape[-1]].clamp(-1, 1)
-        print(f"real clips through the codec (encode -> decode) -> staccato exemplars: {fd(TonesEncoder()(dec)):.2f}")
-    m = Metrics()
+        codec = vae.decode(mdct_encode(wav)).sample[..., :wav.shape[-1]].clamp(-1, 1)
+    correct, onset = REWARDS.get("tone_correctness")(), REWARDS.get("onset_sharpness")()
+    sets = []  # (label, waveforms, prompts)
     for g in args.cfg:
         cfg = load_config(os.path.join(REPO, "configs", "toy", "tones_dragon_fad.yaml"),
                           [f"model.path={args.pipeline}", f"sampler.guidance_scale={g}"])
         prompts = read_prompts(os.path.join(REPO, cfg.data.eval_prompts))
         x, P, _ = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
-        r = m(x, P, args.seeds)
-        print(f"base, CFG {g:g}, {len(prompts)} open-articulation prompts x {args.seeds} seeds: FAD staccato "
-              f"{r['fad_staccato']:.2f}, FAD real {r['fad_real']:.2f}, correctness {r['correctness']:.3f}, "
-              f"onset {r['onset']:.3f}, stacc. cos {r['stacc_cos']:.3f}")
+        sets.append((f"base, CFG {g:g}, {len(prompts)} open-articulation prompts x {args.seeds} seeds", x, P))
+    cfg = load_config(os.path.join(REPO, "configs", "toy", "tones_dragon_fad.yaml"), [f"model.path={args.pipeline}"])
+    gen = generator(cfg, None)
+    full = read_prompts(os.path.join(REPO, "assets", "tones", "prompts", "eval.txt"))
+    for art in ("staccato", "legato"):
+        prompts = [p for p in full if art in p][:36]
+        x, P, _ = samples_of(gen, cfg.sampler, prompts, args.seeds)
+        sets.append((f"base, CFG {cfg.sampler.guidance_scale:g}, {len(prompts)} {art} prompts x {args.seeds} seeds", x, P))
+    for label, x, P in sets:
+        print(f"{label}: correctness {float(torch.nanmean(correct(x, P))):.3f}, onset {float(onset(x, P).mean()):.3f}")
+
+    encoders = [("shipped toy CLAP (pitch floor "
+                 f"{load_clap().config['pitch_floor']:g})", load_clap())]
+    encoders += [(f"toy CLAP trained with pitch floor {f:g}", clap_variant(f)) for f in args.floors]
+    for name, clap in encoders:
+        with torch.no_grad():
+            emb = lambda w: clap.embed_audio(w).double()  # noqa: E731
+            ex = emb(ex_wav)
+            fd = lambda w: float(frechet_distance(emb(w), ex, 1e-4))  # noqa: E731
+            print(f"\n{name}: FAD to the staccato exemplars")
+            print(f"  real clips: all {fd(wav):.2f}, staccato ones {fd(wav[st]):.2f}, legato ones {fd(wav[~st]):.2f} "
+                  f"({len(labels)} clips, {int(st.sum())} staccato); through the codec {fd(codec):.2f}")
+            for label, x, _ in sets:
+                print(f"  {label}: {fd(x):.2f}")
 
 
 if __name__ == "__main__":

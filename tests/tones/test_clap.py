@@ -119,3 +119,30 @@ def test_tones_clap_score_reward(clap):
     x = D.make_clips([D.ToneLabel(0, "major chord", "bright", "staccato")] * 2, seed=0)
     s = build_reward("tones_clap_score")(x, ["a C major chord, bright, staccato", "a D minor chord, sine, legato"])
     assert s.shape == (2,) and s[0] > 0.5 and s[0] > s[1] + 0.3
+
+
+def test_pitch_floor_sets_the_feature_floor_and_legacy_files_keep_theirs(tmp_path):
+    import json
+    import math
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    t = torch.arange(D.CLIP_LEN) / D.SAMPLE_RATE
+    sine = torch.sin(2 * math.pi * 440.0 * t)[None]  # A4: every band an octave or more away holds ~0 of the power
+    n_bands = len(torch.arange(48.0, 110.0 + 1e-9, 0.5))
+    for floor in (1e-2, 1e-6):
+        pitch = TonesClap({"pitch_floor": floor}).audio.features(sine)[0, :n_bands]
+        assert float(pitch.min()) == pytest.approx(math.log(floor), abs=1e-3)  # log(≈0 + floor)
+        assert float(pitch.max()) > math.log(0.3)  # the A4 bands carry the power
+    path = str(tmp_path / "clap.safetensors")
+    TonesClap({"pitch_floor": 1e-2}).save(path)
+    assert TonesClap.load(path).config["pitch_floor"] == 1e-2
+    with safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    del cfg["pitch_floor"], cfg["env_floor_db"]  # a file written before the floors were configurable
+    save_file(load_file(path), path, metadata={**meta, "config": json.dumps(cfg)})
+    old = TonesClap.load(path)
+    assert old.config["pitch_floor"] == 1e-6 and old.config["env_floor_db"] == -60.0
+    assert load_clap().config["pitch_floor"] == A.load_manifest()["clap_config"]["pitch_floor"] == 1e-2
