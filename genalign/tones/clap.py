@@ -9,7 +9,7 @@ Audio tower (waveforms (N, C, L) in [-1, 1] at 8 kHz; mono mix; any length ≥ 1
   power; the role of VGGish's ``log(mel + 0.01)`` offset): with the first build's 1e-6 (−60 dB) the features were
   dominated by the generator's noise floor between the harmonics, which no listener hears, so that a FAD on
   them ranked clips by that floor rather than by pitch, timbre or articulation (the base prompted for staccato
-  sat further from the staccato exemplars than the base prompted for legato: 1.69 vs 1.58; with 1e-2: 0.47 vs
+  sat further from the staccato exemplars than the base prompted for legato: 1.67 vs 1.56; with 1e-2: 0.47 vs
   0.78 — ``scripts/bench/tones_fad_floor.py --floors``). Files built before the floor was configurable load
   with their own 1e-6 (:data:`LEGACY_FLOORS`);
 * **envelope features** — the clip cut into ``env_frames`` (64) equal frames, frame RMS in dB relative to the
