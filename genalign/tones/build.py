@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -89,6 +89,25 @@ def evaluate(model: TonesClap, seed: int, per_caption: int) -> Dict[str, Any]:
     }
 
 
+def train_build_clap(cfg: BuildConfig = BuildConfig(), log=None, times: Optional[Dict[str, float]] = None
+                     ) -> Dict[str, Any]:
+    """The toy CLAP of a build: ``cfg``'s seeded training clips, their features (the front-end has no weights) and
+    :func:`.clap.train_clap` with ``cfg``'s steps, batch, lr and ``pitch_floor``. Returns train_clap's result.
+    ``times`` (if given) receives ``data_s`` and ``train_s``."""
+    t0 = time.time()
+    wav, labels = D.make_dataset(cfg.train_clips, "train", 1000 + cfg.seed)
+    clap_cfg = {"pitch_floor": cfg.pitch_floor}
+    feats = _features(TonesClap(clap_cfg), wav)
+    t1 = time.time()
+    if log is not None:
+        log(f"{cfg.train_clips} training clips + features in {t1 - t0:.1f}s")
+    res = train_clap(feats, [lab.caption for lab in labels], cfg.steps, cfg.batch_size, cfg.lr, cfg.seed,
+                     config=clap_cfg, log_every=max(1, cfg.steps // 10) if log is not None else 0)
+    if times is not None:
+        times.update(data_s=t1 - t0, train_s=time.time() - t1)
+    return res
+
+
 def build_assets(out_dir: str, cfg: BuildConfig = BuildConfig(), log=print) -> Dict[str, Any]:
     from ..io import atomic_write_json
 
@@ -97,17 +116,8 @@ def build_assets(out_dir: str, cfg: BuildConfig = BuildConfig(), log=print) -> D
     os.makedirs(out_dir, exist_ok=True)
     times: Dict[str, float] = {}
 
-    wav, labels = D.make_dataset(cfg.train_clips, "train", 1000 + cfg.seed)
-    clap_cfg = {"pitch_floor": cfg.pitch_floor}
-    feats = _features(TonesClap(clap_cfg), wav)  # the feature front-end has no weights
-    times["data_s"] = time.time() - t0
-    log(f"{cfg.train_clips} training clips + features in {times['data_s']:.1f}s")
-
-    t = time.time()
-    res = train_clap(feats, [lab.caption for lab in labels], cfg.steps, cfg.batch_size, cfg.lr, cfg.seed,
-                     config=clap_cfg, log_every=max(1, cfg.steps // 10))
+    res = train_build_clap(cfg, log, times)
     model = res["model"]
-    times["train_s"] = time.time() - t
     metrics = evaluate(model, cfg.seed, cfg.eval_clips_per_caption)
     log(f"held-out retrieval: {metrics['heldout_clips_vs_all_captions']}")
 

@@ -59,10 +59,14 @@ def _bands(freqs: torch.Tensor, centres: Sequence[float], cents: float) -> torch
     return (freqs[None] >= c / r) & (freqs[None] <= c * r)
 
 
-def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]], sample_rate: int = SAMPLE_RATE,
-                           tolerance_cents: float = 50.0, presence: float = 0.25, f_min: float = 50.0,
-                           max_harmonic: int = MAX_HARMONIC) -> torch.Tensor:
-    """The ``tone_correctness`` score (module doc) of (N, C, L) waveforms for per-sample MIDI note lists."""
+def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]],
+                             sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
+                             f_min: float = 50.0, max_harmonic: int = MAX_HARMONIC,
+                             near_cents: float = 150.0) -> torch.Tensor:
+    """(N, 3) per clip: ``explained``, ``present`` (module doc; their product is ``tone_correctness``) and the
+    *near miss*, the share of in-range power within ±``near_cents`` of an expected harmonic but outside
+    ±``tolerance_cents`` (a note played off pitch rather than a wrong note). A row is NaN when the prompt names no
+    notes, zeros for silence."""
     wave = mono(samples, "tone_correctness")
     power, freqs = power_spectrum(wave, sample_rate)
     f_max = BAND_LIMIT * sample_rate
@@ -71,18 +75,30 @@ def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Seque
     out = []
     for i, midis in enumerate(notes):
         if midis is None or len(midis) == 0:
-            out.append(torch.full((), float("nan"), device=wave.device))
+            out.append(torch.full((3,), float("nan"), device=wave.device))
             continue
         f0s = [midi_to_hz(m) for m in midis]
-        harm = _bands(freqs, [h * f for f in f0s for h in range(1, max_harmonic + 1) if h * f <= f_max], tolerance_cents)
+        harmonics = [h * f for f in f0s for h in range(1, max_harmonic + 1) if h * f <= f_max]
+        hit = _bands(freqs, harmonics, tolerance_cents).any(0) & in_range
+        near = _bands(freqs, harmonics, near_cents).any(0) & in_range & ~hit
         tot = total[i]
         ok = tot > 1e-20
         safe = torch.where(ok, tot, torch.ones_like(tot))
-        explained = (power[i] * (harm.any(0) & in_range)).sum() / safe
         fund = (_bands(freqs, f0s, tolerance_cents).to(power.dtype) * power[i]).sum(-1)  # (K,)
-        present = torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean()
-        out.append(torch.where(ok, explained * present, torch.zeros_like(tot)))
+        row = torch.stack([(power[i] * hit).sum() / safe,
+                           torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean(),
+                           (power[i] * near).sum() / safe])
+        out.append(torch.where(ok, row, torch.zeros_like(row)))
     return torch.stack(out)
+
+
+def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]], sample_rate: int = SAMPLE_RATE,
+                           tolerance_cents: float = 50.0, presence: float = 0.25, f_min: float = 50.0,
+                           max_harmonic: int = MAX_HARMONIC) -> torch.Tensor:
+    """The ``tone_correctness`` score (module doc) of (N, C, L) waveforms for per-sample MIDI note lists:
+    ``explained · present`` of :func:`tone_correctness_factors`."""
+    f = tone_correctness_factors(samples, notes, sample_rate, tolerance_cents, presence, f_min, max_harmonic)
+    return f[:, 0] * f[:, 1]
 
 
 def loudness_db(samples: torch.Tensor) -> torch.Tensor:

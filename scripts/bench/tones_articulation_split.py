@@ -26,23 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def factors(x: torch.Tensor, prompts, sample_rate: int):
     """Per clip (explained, present, near miss) of the tone_correctness reward (genalign.tones.rewards)."""
-    from genalign.tones.data import BAND_LIMIT, MAX_HARMONIC, midi_to_hz, prompt_notes
-    from genalign.tones.rewards import _bands, mono, power_spectrum
+    from genalign.tones.data import prompt_notes
+    from genalign.tones.rewards import tone_correctness_factors
 
-    power, freqs = power_spectrum(mono(x), sample_rate)
-    f_max = BAND_LIMIT * sample_rate
-    in_range = (freqs >= 50.0) & (freqs <= f_max)
-    out = []
-    for i, notes in enumerate(prompt_notes(prompts)):
-        f0s = [midi_to_hz(m) for m in notes]
-        harmonics = [h * f for f in f0s for h in range(1, MAX_HARMONIC + 1) if h * f <= f_max]
-        total = (power[i] * in_range).sum().clamp(min=1e-20)
-        hit = _bands(freqs, harmonics, 50.0).any(0) & in_range
-        near = _bands(freqs, harmonics, 150.0).any(0) & in_range & ~hit
-        fund = (_bands(freqs, f0s, 50.0).to(power.dtype) * power[i]).sum(-1) / total
-        present = torch.clamp(fund / (0.25 / len(f0s)), max=1.0).mean()
-        out.append((float((power[i] * hit).sum() / total), float(present), float((power[i] * near).sum() / total)))
-    return torch.tensor(out)
+    return tone_correctness_factors(x, prompt_notes(prompts), sample_rate)
 
 
 def main():

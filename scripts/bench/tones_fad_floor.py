@@ -31,15 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def clap_variant(pitch_floor: float):
     """A toy CLAP built as the shipped one (genalign.tones.build defaults) with another pitch-feature floor."""
-    from genalign.tones import data as D
-    from genalign.tones.build import BuildConfig, _features
-    from genalign.tones.clap import TonesClap, train_clap
+    from genalign.tones.build import BuildConfig, train_build_clap
 
-    b = BuildConfig()
-    wav, labels = D.make_dataset(b.train_clips, "train", 1000 + b.seed)
-    cfg = {"pitch_floor": pitch_floor}
-    feats = _features(TonesClap(cfg), wav)
-    return train_clap(feats, [lab.caption for lab in labels], b.steps, b.batch_size, b.lr, b.seed, config=cfg)["model"].eval()
+    return train_build_clap(BuildConfig(pitch_floor=pitch_floor))["model"].eval()
 
 
 def main():

@@ -1,4 +1,5 @@
-"""scripts/bench/tones_articulation_split.py: its per-clip factors are the tone_correctness reward's own."""
+"""scripts/bench/tones_articulation_split.py and genalign.tones.rewards.tone_correctness_factors: the factors multiply
+to the reward, and the near-miss share sees a detuned note."""
 
 import importlib.util
 import math
