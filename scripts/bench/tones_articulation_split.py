@@ -8,8 +8,9 @@ Prompts: assets/tones/prompts/eval.txt[::3] (24 held-out captions: 6 staccato, 1
 the tones recipes' deterministic 10-step sampler at CFG 3 (configs/toy/tones_grpo.yaml). Per articulation it prints
 the mean tone_correctness and its two factors (``explained``: the share of the clip's power within ±50 cents of the
 expected notes' harmonics; ``present``: whether every expected fundamental carries its share), and ``near miss``:
-the share of power within 150 cents of a harmonic but outside the reward's ±50 (pitch spread of an imprecise note). First, over all the prompts: tone_correctness, FAD to the real clips and to
-the staccato exemplars, and per-prompt diversity (scripts/bench/tones_learning.py's metrics).
+the share of power within 150 cents of a harmonic but outside the reward's ±50 (pitch spread of an imprecise note).
+First, over all the prompts: tone_correctness, FAD to the real clips and to the staccato exemplars, and per-prompt
+diversity (scripts/bench/tones_learning.py's metrics).
 """
 
 from __future__ import annotations
