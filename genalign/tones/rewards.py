@@ -62,32 +62,34 @@ def _bands(freqs: torch.Tensor, centres: Sequence[float], cents: float) -> torch
 def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]],
                              sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
                              f_min: float = 50.0, max_harmonic: int = MAX_HARMONIC,
-                             near_cents: float = 150.0) -> torch.Tensor:
-    """(N, 3) per clip: ``explained``, ``present`` (module doc; their product is ``tone_correctness``) and the
-    *near miss*, the share of in-range power within ±``near_cents`` of an expected harmonic but outside
-    ±``tolerance_cents`` (a note played off pitch rather than a wrong note). A row is NaN when the prompt names no
-    notes, zeros for silence."""
+                             near_cents: Optional[float] = 150.0) -> torch.Tensor:
+    """Per clip ``explained`` and ``present`` (module doc; their product is ``tone_correctness``) and, unless
+    ``near_cents`` is None (the reward itself skips it), the *near miss*: the share of in-range power within
+    ±``near_cents`` of an expected harmonic but outside ±``tolerance_cents`` (a note played off pitch rather than a
+    wrong note). Shape (N, 3), or (N, 2) without the near miss; a row is NaN when the prompt names no notes, zeros
+    for silence."""
     wave = mono(samples, "tone_correctness")
     power, freqs = power_spectrum(wave, sample_rate)
     f_max = BAND_LIMIT * sample_rate
     in_range = (freqs >= f_min) & (freqs <= f_max)
     total = (power * in_range).sum(-1)
-    out = []
+    out, width = [], 2 if near_cents is None else 3
     for i, midis in enumerate(notes):
         if midis is None or len(midis) == 0:
-            out.append(torch.full((3,), float("nan"), device=wave.device))
+            out.append(torch.full((width,), float("nan"), device=wave.device))
             continue
         f0s = [midi_to_hz(m) for m in midis]
         harmonics = [h * f for f in f0s for h in range(1, max_harmonic + 1) if h * f <= f_max]
         hit = _bands(freqs, harmonics, tolerance_cents).any(0) & in_range
-        near = _bands(freqs, harmonics, near_cents).any(0) & in_range & ~hit
         tot = total[i]
         ok = tot > 1e-20
         safe = torch.where(ok, tot, torch.ones_like(tot))
         fund = (_bands(freqs, f0s, tolerance_cents).to(power.dtype) * power[i]).sum(-1)  # (K,)
-        row = torch.stack([(power[i] * hit).sum() / safe,
-                           torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean(),
-                           (power[i] * near).sum() / safe])
+        parts = [(power[i] * hit).sum() / safe, torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean()]
+        if near_cents is not None:
+            near = _bands(freqs, harmonics, near_cents).any(0) & in_range & ~hit
+            parts.append((power[i] * near).sum() / safe)
+        row = torch.stack(parts)
         out.append(torch.where(ok, row, torch.zeros_like(row)))
     return torch.stack(out)
 
@@ -97,7 +99,8 @@ def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Seque
                            max_harmonic: int = MAX_HARMONIC) -> torch.Tensor:
     """The ``tone_correctness`` score (module doc) of (N, C, L) waveforms for per-sample MIDI note lists:
     ``explained · present`` of :func:`tone_correctness_factors`."""
-    f = tone_correctness_factors(samples, notes, sample_rate, tolerance_cents, presence, f_min, max_harmonic)
+    f = tone_correctness_factors(samples, notes, sample_rate, tolerance_cents, presence, f_min, max_harmonic,
+                                 near_cents=None)
     return f[:, 0] * f[:, 1]
 
 

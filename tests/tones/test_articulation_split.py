@@ -36,5 +36,7 @@ def test_factors_multiply_to_the_reward_and_near_miss_sees_a_detuned_note():
     f = factors(x, prompts, D.SAMPLE_RATE)
     reward = REWARDS.get("tone_correctness")()(x, prompts)
     assert torch.allclose(f[:, 0] * f[:, 1], reward, atol=1e-5)
+    from genalign.tones.rewards import tone_correctness_factors
+    assert torch.equal(tone_correctness_factors(x, D.prompt_notes(prompts), near_cents=None), f[:, :2])  # reward's path
     assert (reward[:3] > 0.9).all() and float(f[:3, 2].max()) < 0.05  # real clips: on pitch
     assert float(reward[3]) < 0.05 and float(f[3, 2]) > 0.9            # detuned: all its power is a near miss
