@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--max-iteration", type=int, default=None, help="ignore checkpoints after this iteration")
     ap.add_argument("--per-prompt", action="store_true",
                     help="print each eval prompt's per-seed correctness, base vs the last evaluated checkpoint")
+    ap.add_argument("--ema", action="store_true",
+                    help="evaluate each checkpoint's EMA weights (its ema/ folder; runs trained with train.ema.decay > 0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from genalign.config import load_config
@@ -159,7 +161,10 @@ def main():
                or json.load(open(os.path.join(c, "trainer_state.json")))["iteration"] <= args.max_iteration]
         for ck in [c for i, c in enumerate(cks) if i % args.ckpt_stride == args.ckpt_stride - 1 or i == len(cks) - 1]:
             st = json.load(open(os.path.join(ck, "trainer_state.json")))
-            x, P, S = samples_of(generator(cfg, ck), cfg.sampler, prompts, args.seeds)
+            weights = os.path.join(ck, "ema") if args.ema else ck
+            if not os.path.isdir(weights):
+                sys.exit(f"{ck} has no ema/ folder: --ema needs a run trained with train.ema.decay > 0")
+            x, P, S = samples_of(generator(cfg, weights), cfg.sampler, prompts, args.seeds)
             m = metrics(x, P, args.seeds)
             curve.append((st["iteration"], st["counters"]["trajectories"], m))
             print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
