@@ -10,6 +10,13 @@ Per trajectory i and trained step j:
 
 GRPO-Guard (``guard=True``, §3.6): r̃ = exp(s·(log π_θ − log π_old + mean_d δ²/(2s²))), δ = μ_θ − μ_old,
 s = the transition std, and the clipped loss is divided by |dt|.
+
+``kl_steps="all"`` (this project's option, not in the papers): the KL also anchors every step that no sample of the
+batch trains on (all but the last step; e.g. the deterministic steps after a ``train_timesteps: window``), on the
+states the rollout visited there, with the std the stochastic kernel would have at that step; steps whose std is 0
+are skipped. Why: with a window only the window's steps carry the loss, yet the network is shared across noise
+levels, so the updates spill over into the untrained (low-noise) steps with nothing holding them; on the tones
+world that drift costs correctness and FAD (README "Tones world").
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class GRPO(Algorithm):
     buffer_min_count: int = field(default=16, metadata={"help": "adv_std=buffer: min rewards before using it."})
     best_of_n: int = field(default=0, metadata={"help": "DanceGRPO: train only the top n/2 + bottom n/2 per group."})
     guard: bool = field(default=False, metadata={"help": "GRPO-Guard ratio normalisation and 1/|dt| reweighting."})
+    kl_steps: str = field(default="trained", metadata={
+        "help": "Where the KL applies: trained (the trained steps) | all (also every untrained step but the last)."})
 
     def __post_init__(self):
         from ..errors import ConfigError, choices
@@ -55,6 +64,8 @@ class GRPO(Algorithm):
             raise ConfigError(f"'algorithm.clip_range' must be > 0, got {self.clip_range}")
         if self.beta < 0:
             raise ConfigError(f"'algorithm.beta' must be >= 0, got {self.beta}")
+        if self.kl_steps not in ("trained", "all"):
+            raise ConfigError(f"'algorithm.kl_steps' is '{self.kl_steps}'; valid choices: all, trained")
         self._tracker = PerPromptStatTracker(self.buffer_size, self.buffer_min_count) if self.adv_std == "buffer" else None
 
     @property
@@ -81,7 +92,15 @@ class GRPO(Algorithm):
 
     # -------------------------------------------------------------------------------- loss
     def units(self, batch, items) -> int:
-        return int(batch.rollout.train_steps.shape[1])
+        return int(batch.rollout.train_steps.shape[1]) + len(self.anchor_steps(batch.rollout))
+
+    def anchor_steps(self, ro) -> list:
+        """The untrained steps the KL also anchors (``kl_steps="all"``): those no sample of the batch trains on,
+        all but the last; the same on every micro-batch of the batch."""
+        if self.beta <= 0 or self.kl_steps != "all":
+            return []
+        trained = set(torch.unique(ro.train_steps).tolist())
+        return [j for j in range(ro.log_probs.shape[1] - 1) if j not in trained]
 
     def mix(self, adv: torch.Tensor) -> torch.Tensor:
         """The advantage a plain step trains on (MARBLE-GRPO mixes per-reward columns)."""
@@ -131,6 +150,18 @@ class GRPO(Algorithm):
             else:
                 stats["kl"] = 0.0
             yield (out if probe else out[0]), stats
+        for j in self.anchor_steps(batch.rollout):  # KL-only units on the untrained steps (kl_steps="all")
+            jj = torch.full((len(mb),), j, dtype=torch.long)
+            _, mu, std = view.step_log_prob(mb, jj, detach_uncond=scfg.detach_uncond)
+            std = std.to(mu.device)
+            if not bool((std > 0).all()):
+                kl = mu.sum() * 0.0  # a deterministic kernel step: no KL is defined there
+            else:
+                with view.reference() as ref:
+                    _, mu_ref, _ = view.step_log_prob(mb, jj, model=ref)
+                kl = mean_kl(mu, mu_ref, std, gen.law.step_dt(mb.schedule, jj).to(mu.device), self.kl_form).mean()
+            loss = self.beta * kl
+            yield ([loss] * len(cols) if probe else loss), {"kl_anchor": float(kl.detach())}
 
     def state_dict(self):
         return {}
