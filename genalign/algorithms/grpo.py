@@ -51,6 +51,8 @@ class GRPO(Algorithm):
     guard: bool = field(default=False, metadata={"help": "GRPO-Guard ratio normalisation and 1/|dt| reweighting."})
     kl_steps: str = field(default="trained", metadata={
         "help": "Where the KL applies: trained (the trained steps) | all (also every untrained step but the last)."})
+    kl_anchor_beta: Optional[float] = field(default=None, metadata={
+        "help": "kl_steps=all: the KL weight on the untrained steps; null = beta."})
 
     def __post_init__(self):
         from ..errors import ConfigError, choices
@@ -66,6 +68,8 @@ class GRPO(Algorithm):
             raise ConfigError(f"'algorithm.beta' must be >= 0, got {self.beta}")
         if self.kl_steps not in ("trained", "all"):
             raise ConfigError(f"'algorithm.kl_steps' is '{self.kl_steps}'; valid choices: all, trained")
+        if self.kl_anchor_beta is not None and self.kl_anchor_beta < 0:
+            raise ConfigError(f"'algorithm.kl_anchor_beta' must be >= 0 (or null = beta), got {self.kl_anchor_beta}")
         self._tracker = PerPromptStatTracker(self.buffer_size, self.buffer_min_count) if self.adv_std == "buffer" else None
 
     @property
@@ -160,7 +164,7 @@ class GRPO(Algorithm):
                 with view.reference() as ref:
                     _, mu_ref, _ = view.step_log_prob(mb, jj, model=ref)
                 kl = mean_kl(mu, mu_ref, std, gen.law.step_dt(mb.schedule, jj).to(mu.device), self.kl_form).mean()
-            loss = self.beta * kl
+            loss = (self.beta if self.kl_anchor_beta is None else self.kl_anchor_beta) * kl
             yield ([loss] * len(cols) if probe else loss), {"kl_anchor": float(kl.detach())}
 
     def state_dict(self):

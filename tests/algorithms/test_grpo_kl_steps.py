@@ -38,6 +38,8 @@ def _units(alg, gen, scfg, ro):
 def test_bad_kl_steps_is_one_line_error():
     with pytest.raises(ConfigError, match="kl_steps.*valid choices: all, trained"):
         GRPO(beta=0.1, kl_steps="window")
+    with pytest.raises(ConfigError, match="kl_anchor_beta.*>= 0"):
+        GRPO(beta=0.1, kl_steps="all", kl_anchor_beta=-1.0)
 
 
 @pytest.mark.parametrize("kl_steps,beta,n_units", [("trained", 0.1, 1), ("all", 0.1, 3), ("all", 0.0, 1)])
@@ -61,6 +63,9 @@ def test_anchor_loss_is_the_kernel_kl_and_pulls_back(setup):
                 p.add_(0.05 * torch.randn_like(p))
         units, _, _ = _units(GRPO(beta=2.0, kl_steps="all"), gen, scfg, ro)
         anchor = units[1][0]  # step 0
+        light, _, _ = _units(GRPO(beta=2.0, kl_steps="all", kl_anchor_beta=0.5), gen, scfg, ro)
+        torch.testing.assert_close(light[1][0].detach(), anchor.detach() / 4)  # its own weight on the anchors only
+        torch.testing.assert_close(light[0][0].detach(), units[0][0].detach())
         j = torch.zeros(2, dtype=torch.long)
         with torch.no_grad():
             _, mu, std = gen.step_log_prob(gen.denoiser, ro, j, scfg)
@@ -76,7 +81,7 @@ def test_anchor_loss_is_the_kernel_kl_and_pulls_back(setup):
                 if g is not None:
                     p.sub_(1e-2 * g / max(float(sum((x ** 2).sum() for x in grads if x is not None)) ** 0.5, 1e-12))
         after, _, _ = _units(GRPO(beta=2.0, kl_steps="all"), gen, scfg, ro)
-        assert float(sum(loss for loss, _ in after[1:])) < float(total.detach())
+        assert float(sum(loss.detach() for loss, _ in after[1:])) < float(total.detach())
     finally:
         with torch.no_grad():
             for p, s in zip(params, saved):
