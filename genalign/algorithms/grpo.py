@@ -53,6 +53,8 @@ class GRPO(Algorithm):
         "help": "Where the KL applies: trained (the trained steps) | all (also every untrained step but the last)."})
     kl_anchor_beta: Optional[float] = field(default=None, metadata={
         "help": "kl_steps=all: the KL weight on the untrained steps; null = beta."})
+    kl_anchor_fraction: float = field(default=1.0, metadata={
+        "help": "kl_steps=all: share of each micro-batch the untrained steps' KL is estimated on (every k-th sample)."})
 
     def __post_init__(self):
         from ..errors import ConfigError, choices
@@ -68,6 +70,8 @@ class GRPO(Algorithm):
             raise ConfigError(f"'algorithm.beta' must be >= 0, got {self.beta}")
         if self.kl_steps not in ("trained", "all"):
             raise ConfigError(f"'algorithm.kl_steps' is '{self.kl_steps}'; valid choices: all, trained")
+        if not 0.0 < self.kl_anchor_fraction <= 1.0:
+            raise ConfigError(f"'algorithm.kl_anchor_fraction' must be in (0, 1], got {self.kl_anchor_fraction}")
         if self.kl_anchor_beta is not None and self.kl_anchor_beta < 0:
             raise ConfigError(f"'algorithm.kl_anchor_beta' must be >= 0 (or null = beta), got {self.kl_anchor_beta}")
         self._tracker = PerPromptStatTracker(self.buffer_size, self.buffer_min_count) if self.adv_std == "buffer" else None
@@ -154,7 +158,10 @@ class GRPO(Algorithm):
             else:
                 stats["kl"] = 0.0
             yield (out if probe else out[0]), stats
-        for j in self.anchor_steps(batch.rollout):  # KL-only units on the untrained steps (kl_steps="all")
+        anchors = self.anchor_steps(batch.rollout)
+        if anchors and self.kl_anchor_fraction < 1.0:  # a deterministic subsample: every k-th sample
+            mb = mb.index(range(0, len(mb), max(1, round(1.0 / self.kl_anchor_fraction))))
+        for j in anchors:  # KL-only units on the untrained steps (kl_steps="all")
             jj = torch.full((len(mb),), j, dtype=torch.long)
             _, mu, std = view.step_log_prob(mb, jj, detach_uncond=scfg.detach_uncond)
             std = std.to(mu.device)

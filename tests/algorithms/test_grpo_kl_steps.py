@@ -38,6 +38,8 @@ def _units(alg, gen, scfg, ro):
 def test_bad_kl_steps_is_one_line_error():
     with pytest.raises(ConfigError, match="kl_steps.*valid choices: all, trained"):
         GRPO(beta=0.1, kl_steps="window")
+    with pytest.raises(ConfigError, match="kl_anchor_fraction.*\\(0, 1\\]"):
+        GRPO(beta=0.1, kl_steps="all", kl_anchor_fraction=0.0)
     with pytest.raises(ConfigError, match="kl_anchor_beta.*>= 0"):
         GRPO(beta=0.1, kl_steps="all", kl_anchor_beta=-1.0)
 
@@ -74,6 +76,10 @@ def test_anchor_loss_is_the_kernel_kl_and_pulls_back(setup):
             want = 2.0 * mean_kl(mu, mu_ref, std, gen.law.step_dt(ro.schedule, j), "flow_grpo").mean()
         assert float(anchor.detach()) > 0
         torch.testing.assert_close(anchor.detach(), want, rtol=1e-5, atol=0)
+        half, _, _ = _units(GRPO(beta=2.0, kl_steps="all", kl_anchor_fraction=0.5), gen, scfg, ro)
+        first = 2.0 * mean_kl(mu[:1], mu_ref[:1], std[:1], gen.law.step_dt(ro.schedule, j[:1]), "flow_grpo").mean()
+        torch.testing.assert_close(half[1][0].detach(), first, rtol=1e-5, atol=0)  # sample 0 of the two
+        torch.testing.assert_close(half[0][0].detach(), units[0][0].detach())  # the trained step keeps both
         total = sum(loss for loss, _ in units[1:])
         grads = torch.autograd.grad(total, params, allow_unused=True)
         with torch.no_grad():  # one small gradient step on the anchors brings the policy back toward the reference
