@@ -49,7 +49,9 @@ def test_rtdmd_stage2_chain_options_two_processes_match_one(tiny_sd3, tmp_path):
     assert sorted(a) == sorted(b) and any(k.startswith("parts") for k in a)
     diff = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
     worst = max(diff, key=diff.get)
-    assert diff[worst] < 1e-5, (worst, diff[worst])
+    # 1e-4: the two runs' forwards have different batch shapes (a process holds half the batch), and on some CPUs
+    # (seen on AMD EPYC: 2.3e-5) their kernels round differently; a missing all-reduce differs by the step size
+    assert diff[worst] < 1e-4, (worst, diff[worst])
     # the chain options were live in both runs: the anchor and the chain's hinge contributed
     for run in ("one", "two"):
         rows = [json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")]
@@ -58,4 +60,4 @@ def test_rtdmd_stage2_chain_options_two_processes_match_one(tiny_sd3, tmp_path):
     # both runs trained away from the stage-1 start (the comparison is not between two untouched copies)
     start, _ = _state(str(tmp_path / "s1"))
     moved = [float((a[k].float() - start[k].float()).abs().max()) for k in a if k in start]
-    assert moved and max(moved) > 1e-5
+    assert moved and max(moved) > 1e-3  # lr 1e-3: well above the 1e-4 tolerance

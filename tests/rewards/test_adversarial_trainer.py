@@ -112,11 +112,11 @@ def _run(cmd):
 
 def test_two_processes_average_the_discriminator_gradients(tiny_sd3, tmp_path):
     """The same run (D and generator stepping every iteration) in one process and in two (torchrun, gloo): the
-    discriminator's weights after 2 iterations agree, so its per-process gradients were averaged — without the
+    discriminator's weights after its first step agree, so its per-process gradients were averaged — without the
     averaging each process would step on half the batch and the weights would differ (checked: they moved)."""
     from tests.core.helpers import tiny_config, write_config
 
-    over = dict(train__iterations=2, train__rollout_batch_size=4, train__train_batch_size=4, train__save_every=0,
+    over = dict(train__iterations=1, train__rollout_batch_size=4, train__train_batch_size=4, train__save_every=0,
                 rewards=[{**ADV, "disc_steps_per_gen": 0}, "tests.core.rewards_for_tests:MeanBrightness"],
                 reward_aggregation="normalize_then_sum")
     paths = {n: write_config(tmp_path / f"{n}.yaml", tiny_config(tiny_sd3, str(tmp_path / n), **over))
@@ -124,14 +124,17 @@ def test_two_processes_average_the_discriminator_gradients(tiny_sd3, tmp_path):
     _run([sys.executable, "-m", "genalign", "train", paths["one"]])
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
           "-m", "genalign", "train", paths["two"]])
-    d1, d2 = (load_file(str(tmp_path / n / "checkpoints" / "checkpoint-2" / "parts" / "discriminator.safetensors"))
+    d1, d2 = (load_file(str(tmp_path / n / "checkpoints" / "checkpoint-1" / "parts" / "discriminator.safetensors"))
               for n in ("one", "two"))
     init = _initial_head()
     assert sorted(d1) == sorted(d2) == sorted(init)
     rows = [[json.loads(l) for l in open(tmp_path / n / "metrics.jsonl")] for n in ("one", "two")]
-    assert rows[0][0]["reward/adversarial"] == pytest.approx(rows[1][0]["reward/adversarial"], abs=1e-6)
-    assert rows[0][0]["monitor/adversarial/disc/fd"] == pytest.approx(rows[1][0]["monitor/adversarial/disc/fd"],
-                                                                      rel=1e-5)
+    # the rollouts agree (a reward with no random draws); the adversarial score and the monitor's FD are not compared:
+    # their patch draws are seeded by each image's bytes, and on some CPUs (seen on AMD EPYC) the two runs' images
+    # differ in the last bits, since a process's forwards hold half the batch. So the generator's update differs a
+    # little, and so does a second iteration's D step: one iteration is compared (D's own draws come from the
+    # samples' seeds, not their bytes)
+    assert rows[0][0]["reward/MeanBrightness"] == pytest.approx(rows[1][0]["reward/MeanBrightness"], abs=1e-6)
     assert max(float((d1[k] - init[k]).abs().max()) for k in d1) > 1e-3  # D moved
     for k in d1:
         assert torch.allclose(d1[k], d2[k], atol=1e-5, rtol=1e-4), k
