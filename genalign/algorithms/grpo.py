@@ -150,9 +150,7 @@ class GRPO(Algorithm):
                 "policy_loss": float(out[0].detach()),
             }
             if self.beta > 0:
-                with view.reference() as ref:
-                    _, mu_ref, _ = view.step_log_prob(mb, j, model=ref)
-                kl = mean_kl(mu, mu_ref, std.to(mu.device), dt, self.kl_form).mean()
+                kl = self._kl_to_reference(view, mb, j, mu, std.to(mu.device), dt)
                 out = [o + self.beta * kl for o in out]
                 stats["kl"] = float(kl.detach())
             else:
@@ -168,11 +166,15 @@ class GRPO(Algorithm):
             if not bool((std > 0).all()):
                 kl = mu.sum() * 0.0  # a deterministic kernel step: no KL is defined there
             else:
-                with view.reference() as ref:
-                    _, mu_ref, _ = view.step_log_prob(mb, jj, model=ref)
-                kl = mean_kl(mu, mu_ref, std, gen.law.step_dt(mb.schedule, jj).to(mu.device), self.kl_form).mean()
+                kl = self._kl_to_reference(view, mb, jj, mu, std, gen.law.step_dt(mb.schedule, jj).to(mu.device))
             loss = (self.beta if self.kl_anchor_beta is None else self.kl_anchor_beta) * kl
             yield ([loss] * len(cols) if probe else loss), {"kl_anchor": float(kl.detach())}
+
+    def _kl_to_reference(self, view, mb, j, mu, std, dt) -> torch.Tensor:
+        """Mean over the micro-batch of the step-j transition KL between the policy (mean ``mu``) and the reference."""
+        with view.reference() as ref:
+            _, mu_ref, _ = view.step_log_prob(mb, j, model=ref)
+        return mean_kl(mu, mu_ref, std, dt, self.kl_form).mean()
 
     def state_dict(self):
         return {}
