@@ -142,6 +142,20 @@ def test_patch_subset_reproducible_from_seed_and_drawn_per_image():
     assert all(rw <= set(map(tuple, patches[i].tolist())) for i, rw in enumerate(rows))
 
 
+def test_content_seed_ignores_last_bit_noise_and_tells_images_apart():
+    from genalign.rewards.adversarial import content_seed
+
+    torch.manual_seed(0)
+    imgs = torch.rand(32, 3, 16, 16)
+    seeds = [content_seed(x) for x in imgs]
+    assert len(set(seeds)) == 32  # different images, different draws
+    for eps in (1e-7, 1e-6, 1e-5):  # the last bits (a batch of another size on another CPU) change no seed
+        noisy = imgs + eps * torch.randn_like(imgs)
+        assert [content_seed(x) for x in noisy] == seeds
+    assert content_seed(imgs[0].double()) == seeds[0] and content_seed(imgs[0][None]) == seeds[0]
+    assert content_seed(imgs[0] + 0.2) != seeds[0]
+
+
 def test_scoring_reproducible_from_seed_and_iteration(tmp_path):
     torch.manual_seed(0)
     refs = token_file(tmp_path, torch.randn(6, 8), torch.randn(6, 12, 8))
