@@ -3,7 +3,9 @@
 A_i = clip((R_i − mean_{g(i)} R) / (std + eps), −A_max, A_max), g(i) = the samples sharing i's prompt.
 ``std="group"`` uses the group's std, ``"global"`` the std of all rewards of the iteration (Flow-GRPO SD3
 configs), ``"batch"`` mean and std over the whole batch (no grouping). Zero-variance groups get A ≡ 0 and are
-counted (``zero_std_ratio``); ``drop_zero_std`` marks them for removal from the update.
+counted (``zero_std_ratio``); ``drop_zero_std`` marks them for removal from the update. ``group_std`` is the mean
+within-group std of the (aggregated) reward: the signal a group-relative advantage has to work with — when a
+prompt's samples agree, it cannot tell a better one from a worse, however far from the optimum they all are.
 """
 
 from __future__ import annotations
@@ -100,6 +102,18 @@ def aggregate_rewards(per_reward: torch.Tensor, weights: Sequence[float]) -> tor
     return torch.where(applies.any(1), total, torch.full_like(total, float("nan")))
 
 
+def mean_group_std(rewards: torch.Tensor, group_ids: torch.Tensor, unbiased: bool = False) -> float:
+    """The mean over groups of the std of their finite rewards (groups with fewer than two are left out; NaN if
+    none has two)."""
+    r = rewards.double()
+    stds = []
+    for g in torch.unique(group_ids):
+        v = r[(group_ids == g) & torch.isfinite(r)]
+        if v.numel() >= 2:
+            stds.append(float(v.std(unbiased=unbiased)))
+    return sum(stds) / len(stds) if stds else float("nan")
+
+
 def combined_advantages(
     per_reward: torch.Tensor,
     weights: Sequence[float],
@@ -109,8 +123,10 @@ def combined_advantages(
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Advantages from K rewards (N, K): ``sum_then_normalize`` (Flow-GRPO ``multi_score``) or
     ``normalize_then_sum`` (one group advantage per reward, weighted sum; DanceGRPO-style)."""
+    group_std = mean_group_std(aggregate_rewards(per_reward, weights), group_ids, kw.get("unbiased", False))
     if mode == "sum_then_normalize":
-        return group_advantages(aggregate_rewards(per_reward, weights), group_ids, **kw)
+        adv, st = group_advantages(aggregate_rewards(per_reward, weights), group_ids, **kw)
+        return adv, st | {"group_std": group_std}
     if mode == "normalize_then_sum":
         advs, zs = [], []
         for k in range(per_reward.shape[1]):
@@ -118,6 +134,6 @@ def combined_advantages(
             advs.append(a * float(weights[k]))
             zs.append(st["zero_std_ratio"])
         adv = torch.stack(advs, 1).sum(1)
-        return adv, {"zero_std_ratio": sum(zs) / len(zs),
+        return adv, {"zero_std_ratio": sum(zs) / len(zs), "group_std": group_std,
                      "_zero_mask": torch.zeros(per_reward.shape[0], dtype=torch.bool)}
     raise ValueError(f"unknown aggregation mode {mode!r}")

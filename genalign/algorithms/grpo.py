@@ -96,7 +96,7 @@ class GRPO(Algorithm):
             keep &= ~st["_zero_mask"]
         if self.best_of_n > 0:
             keep &= best_of_n_mask(adv, group_ids, self.best_of_n)
-        return adv, {"zero_std_ratio": st["zero_std_ratio"]}, keep
+        return adv, {"zero_std_ratio": st["zero_std_ratio"], "group_std": st["group_std"]}, keep
 
     # -------------------------------------------------------------------------------- loss
     def units(self, batch, items) -> int:

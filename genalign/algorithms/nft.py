@@ -243,7 +243,8 @@ class NFT(Algorithm):
         self._restore()
         adv, st = combined_advantages(per_reward, weights, group_ids, mode=mode, std=self.adv_std, eps=self.adv_eps,
                                       clip=self.adv_clip_max)
-        return adv, {"zero_std_ratio": st["zero_std_ratio"]}, torch.ones(adv.shape[0], dtype=torch.bool)
+        stats = {"zero_std_ratio": st["zero_std_ratio"], "group_std": st["group_std"]}
+        return adv, stats, torch.ones(adv.shape[0], dtype=torch.bool)
 
     # -------------------------------------------------------------------------------- loss
     def units(self, batch, items) -> int:

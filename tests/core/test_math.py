@@ -37,6 +37,17 @@ def test_nan_rewards_are_not_applicable():
     assert torch.allclose(adv, torch.tensor([-1.0, 1.0, 0.0]))
 
 
+def test_group_std_metric_by_hand():
+    # aggregated 2·r0 + 0·r1: groups {2, 6} (std 2), {4, 4} (std 0), {10, NaN} (one finite value: left out)
+    per = torch.tensor([[1.0, 9.0], [3.0, 0.0], [2.0, 1.0], [2.0, 5.0], [5.0, 0.0], [float("nan"), float("nan")]])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    for mode in ("sum_then_normalize", "normalize_then_sum"):
+        _, st = combined_advantages(per, [2.0, 0.0], groups, mode=mode)
+        assert math.isclose(st["group_std"], (2.0 + 0.0) / 2), mode
+    _, st = combined_advantages(per[:, :1], [1.0], groups, mode="sum_then_normalize", unbiased=True)
+    assert math.isclose(st["group_std"], (math.sqrt(2) + 0.0) / 2)
+
+
 def test_ppo_clip_by_hand():
     ratio = torch.tensor([1.5, 0.5, 1.05, 0.95])
     adv = torch.tensor([1.0, 1.0, -2.0, -2.0])
