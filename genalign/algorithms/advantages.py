@@ -123,9 +123,10 @@ def combined_advantages(
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Advantages from K rewards (N, K): ``sum_then_normalize`` (Flow-GRPO ``multi_score``) or
     ``normalize_then_sum`` (one group advantage per reward, weighted sum; DanceGRPO-style)."""
-    group_std = mean_group_std(aggregate_rewards(per_reward, weights), group_ids, kw.get("unbiased", False))
+    total = aggregate_rewards(per_reward, weights)
+    group_std = mean_group_std(total, group_ids, kw.get("unbiased", False))
     if mode == "sum_then_normalize":
-        adv, st = group_advantages(aggregate_rewards(per_reward, weights), group_ids, **kw)
+        adv, st = group_advantages(total, group_ids, **kw)
         return adv, st | {"group_std": group_std}
     if mode == "normalize_then_sum":
         advs, zs = [], []

@@ -137,8 +137,7 @@ def content_seed(image: torch.Tensor, chunks: int = 16, levels: int = 16) -> int
     import hashlib
 
     flat = image.detach().float().cpu().reshape(-1)
-    means = torch.stack([c.mean() for c in torch.tensor_split(flat, min(chunks, max(flat.numel(), 1)))]) \
-        if flat.numel() else torch.zeros(1)
+    means = torch.stack([c.mean() for c in flat.tensor_split(min(chunks, flat.numel()))]) if flat.numel() else flat
     data = torch.round(means.double() * levels).to(torch.int64).numpy().tobytes()
     return int.from_bytes(hashlib.sha256(data).digest()[:7], "little")
 

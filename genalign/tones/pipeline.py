@@ -131,6 +131,13 @@ def mdct_decode(lat: torch.Tensor, length: int) -> torch.Tensor:
     return y[:, :, HOP // 2:HOP // 2 + length]
 
 
+def codec_round_trip(vae, wav: torch.Tensor) -> torch.Tensor:
+    """Clips (N, 1, L) as the pipeline can produce them: encoded (the encoder's mean) and decoded by ``vae``,
+    cropped to L and clamped to [-1, 1]."""
+    with torch.no_grad():
+        return vae.decode(mdct_encode(wav)).sample[..., :wav.shape[-1]].clamp(-1, 1)
+
+
 def build_tokenizer(out_dir: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast

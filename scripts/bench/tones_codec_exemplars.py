@@ -39,7 +39,7 @@ def main():
     from genalign.io import atomic_write_bytes
     from genalign.rewards.stats import frechet_distance
     from genalign.tones.clap import load_clap
-    from genalign.tones.pipeline import mdct_encode
+    from genalign.tones.pipeline import codec_round_trip
 
     d = load_file(args.exemplars)
     with safe_open(args.exemplars, "pt") as f:
@@ -47,8 +47,8 @@ def main():
     wav = d["waveforms"].float()
     vae = AutoencoderOobleck.from_pretrained(os.path.join(args.pipeline, "vae"))
     clap = load_clap()
+    rt = codec_round_trip(vae, wav)
     with torch.no_grad():
-        rt = vae.decode(mdct_encode(wav)).sample[..., :wav.shape[-1]].clamp(-1, 1)
         emb = clap.embed_audio(rt).float()
         real = clap.embed_audio(wav).double()
     meta["what"] = meta.get("what", "exemplars") + ", through the pipeline's codec (encode -> decode)"

@@ -54,15 +54,14 @@ def main():
     from genalign.rewards.stats import frechet_distance
     from genalign.tones.assets import load_reference
     from genalign.tones.clap import load_clap
-    from genalign.tones.pipeline import mdct_encode
+    from genalign.tones.pipeline import codec_round_trip
 
     wav, labels, _ = load_reference()
     ex_wav, _, _ = load_reference(path=os.path.join(REPO, "assets", "tones", "exemplars", "staccato.safetensors"))
     wav, ex_wav = wav.float(), ex_wav.float()
     st = torch.tensor([lab.articulation == "staccato" for lab in labels])
     vae = AutoencoderOobleck.from_pretrained(os.path.join(args.pipeline, "vae"))
-    with torch.no_grad():
-        codec = vae.decode(mdct_encode(wav)).sample[..., :wav.shape[-1]].clamp(-1, 1)
+    codec = codec_round_trip(vae, wav)
     correct, onset = REWARDS.get("tone_correctness")(), REWARDS.get("onset_sharpness")()
     sets = []  # (label, waveforms, prompts)
     for g in args.cfg:
