@@ -149,6 +149,9 @@ def cmd_sample(args) -> int:
     specs = [_reward_spec(r) for r in args.reward or []]
     _prepare_sample_dir(args.out, args.overwrite, clear=False)  # before the model loads: fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .core.hostmem import tune_host_malloc
+
+    tune_host_malloc("auto", on_accelerator=device != "cpu")
     gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device,
                           seconds=args.seconds)
     from .export import read_student

@@ -145,6 +145,9 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "Stop after this many minutes (0 = no limit)."})
     deterministic: bool = field(default=False, metadata={"help": "torch deterministic algorithms."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0 = torch's default)."})
+    host_malloc: str = field(default="auto", metadata={
+        "help": "glibc malloc keeps large freed blocks for reuse instead of unmapping them: auto (on a CPU-only run) "
+                "| reuse | default (genalign/core/hostmem.py)."})
     parts: Dict[str, PartConfig] = field(
         default_factory=dict, metadata={"help": "Per-part optimiser settings, e.g. parts.fake_score.learning_rate."})
 
@@ -203,6 +206,7 @@ ENUMS = {
     "sampler.logprob_reduce": ("mean", "sum"),
     "sampler.train_timesteps": ("all_but_last", "random_subset", "window", "sliding_window"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.host_malloc": ("auto", "reuse", "default"),
     "reward_aggregation": ("sum_then_normalize", "normalize_then_sum"),
 }
 

@@ -21,6 +21,9 @@ def evaluate_main(args) -> int:
         raise GenalignError("give a recipe CONFIG (its model and rewards are used), or --benchmark for GUI grounding")
     cfg = load_config(args.config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .core.hostmem import tune_host_malloc
+
+    tune_host_malloc(cfg.train.host_malloc, on_accelerator=device != "cpu")
     if not args.checkpoint:
         cfg.model.lora.rank = 0  # the base model itself
     gen = MODELS.get(cfg.model.family).load(cfg.model, device=device)

@@ -35,6 +35,7 @@ from .core.view import View
 from .errors import CheckpointError, ConfigError
 from .evaluation import unique_names
 from .io import append_jsonl, atomic_write_json, read_prompt_records, read_prompts
+from .core.hostmem import tune_host_malloc
 from .core.util import cat_rollouts, flatten, gather_list, has_accelerator_device
 from .models.base import Rollout
 from .registry import ALGORITHMS, MODELS
@@ -84,6 +85,7 @@ class Trainer:
         acc.wait_for_everyone()
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
+        tune_host_malloc(cfg.train.host_malloc, on_accelerator=acc.device.type != "cpu")
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(cfg.train.seed)
