@@ -5,7 +5,7 @@ serves every request above its mmap threshold (dynamic, at most 32 MiB on 64-bit
 returns it with ``munmap`` on free, and it trims the top of the heap back to the kernel once more than 128 KiB is
 free there. A CPU rollout or update allocates and frees the same large activations every step, so each step pays
 the kernel for fresh zeroed pages. On the ``tones`` GRPO recipe (one thread) the kernel's share was 46 of 109 CPU
-seconds, and a rollout batch took twice the time it takes without it (``scripts/bench/host_malloc.py`` measures
+seconds, and a rollout batch took twice the time it takes without it (``scripts/bench/cpu_speed.py`` measures
 both settings side by side: CPU seconds × 0.62 for GRPO and × 0.57 for NFT, page faults × 0.04, the same
 training rewards bit for bit).
 

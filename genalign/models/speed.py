@@ -17,7 +17,9 @@ from ..errors import ConfigError
 #   adapter_toggle — the reference policy flips the LoRA layers' flag directly, from a list made once, instead of
 #                    diffusers' disable_adapters()/enable_adapters() (a PEFT version check and a walk over every
 #                    module on each call)
-SPEED_SWITCHES = ("encode_cache", "adapter_toggle")
+#   inert_units    — residual units whose output branch is all zeros run as the identity (skip_inert_residual_units;
+#                    results bit for bit the same)
+SPEED_SWITCHES = ("encode_cache", "adapter_toggle", "inert_units")
 
 
 def speed_on(name: str) -> bool:
@@ -37,6 +39,38 @@ def expand_cond(cond: Dict[str, Any], n: int) -> Dict[str, Any]:
             out[k] = v
     return out
 
+
+def _effective_weight(conv: torch.nn.Module) -> torch.Tensor:
+    if hasattr(conv, "weight_g") and hasattr(conv, "weight_v"):  # torch.nn.utils.weight_norm (what Oobleck uses)
+        return torch._weight_norm(conv.weight_v, conv.weight_g, 0)
+    return conv.weight  # a plain conv, or a parametrized one (parametrize computes .weight)
+
+
+def _identity(hidden_state: torch.Tensor) -> torch.Tensor:
+    return hidden_state
+
+
+def skip_inert_residual_units(model: torch.nn.Module) -> int:
+    """Make each ``OobleckResidualUnit`` (``x + conv2(snake(conv1(snake(x))))``, length-preserving) whose ``conv2``
+    has all-zero weights and bias run as the identity: it computes ``x + 0``, so skipping it changes no result
+    (for finite inputs) and saves two convolutions and two Snake activations at that stage's rate. The forward is
+    replaced on the instance only: the parameters and the state dict stay as loaded, so saving the model writes them
+    unchanged. Trained Stable Audio VAEs have no such unit (this is a scan at load); the ``tones`` world's analytic
+    codec (genalign/tones/pipeline.py) has 12, which were half of a toy rollout's CPU time
+    (scripts/bench/cpu_speed.py). Returns how many units were switched."""
+    n = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__ != "OobleckResidualUnit" or not hasattr(mod, "conv1") or not hasattr(mod, "conv2"):
+                continue
+            c1, c2 = mod.conv1, mod.conv2
+            keeps_length = (c1.stride[0] == 1 and c2.stride[0] == 1 and c2.kernel_size[0] == 1 and c2.padding[0] == 0
+                            and 2 * c1.padding[0] == c1.dilation[0] * (c1.kernel_size[0] - 1))
+            zero = not bool(_effective_weight(c2).any()) and (c2.bias is None or not bool(c2.bias.any()))
+            if keeps_length and zero:
+                mod.forward = _identity
+                n += 1
+    return n
 
 
 def lora_layers(gen) -> Optional[List[torch.nn.Module]]:

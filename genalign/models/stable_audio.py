@@ -48,6 +48,7 @@ from ..errors import CheckpointError, ConfigError, GenalignError
 from ..registry import MODELS
 from .base import Generator, Schedule, per_sample_randn, sample_generators
 from .laws import EDM
+from .speed import skip_inert_residual_units, speed_on
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -111,6 +112,8 @@ class StableAudioGenerator(Generator):
                               f"{self.hop} at {self.sample_rate} Hz; duration embedding range [{lo:g}, {hi:g}])")
         self.seconds = seconds
         self._sigma_table = (torch.zeros(0), torch.zeros(0, dtype=torch.float64))
+        if speed_on("inert_units"):
+            skip_inert_residual_units(vae)
         super().__init__(pipe, cfg, device)
 
     # ------------------------------------------------------------------------------------------------ LoRA (peft)
