@@ -6,13 +6,13 @@ returns it with ``munmap`` on free, and it trims the top of the heap back to the
 free there. A CPU rollout or update allocates and frees the same large activations every step, so each step pays
 the kernel for fresh zeroed pages. On the ``tones`` GRPO recipe (one thread) the kernel's share was 46 of 109 CPU
 seconds, and a rollout batch took twice the time it takes without it (``scripts/bench/cpu_speed.py`` measures
-both settings side by side: CPU seconds × 0.62 for GRPO and × 0.57 for NFT, page faults × 0.04, the same
-training rewards bit for bit).
+both settings side by side: on its own, CPU seconds × 0.64 for GRPO and × 0.68 for NFT, page faults × 0.03–0.07,
+the same training rewards bit for bit).
 
 ``reuse`` turns both off through ``mallopt`` (``M_MMAP_MAX`` 0: large blocks come from the heap and are reused;
 ``M_TRIM_THRESHOLD`` 1 GiB: freed memory stays mapped): the same arithmetic, with most page faults gone. The cost
-is a higher resident size (freed blocks are kept for reuse rather than unmapped; peak RSS × 1.5–1.7 on those runs,
-1.4 → 2.1 GB for NFT), which is why ``auto`` (the default) applies it only where the run computes on the CPU: a
+is a higher resident size (freed blocks are kept for reuse rather than unmapped; peak RSS × 1.5–1.9 on those runs,
+1.4 → 2.7 GB for NFT), which is why ``auto`` (the default) applies it only where the run computes on the CPU: a
 GPU run keeps only weights and batches on the host, and unmapping a checkpoint's CPU copy after it moved to the
 device matters more there. ``default`` keeps glibc's behaviour. The setting is process-wide and cannot be undone
 for blocks already allocated; it does nothing where the C library is not glibc.
