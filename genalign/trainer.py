@@ -237,7 +237,7 @@ class Trainer:
                                                                      self.cfg.reward_aggregation)
                     keep = keep & ~nan
                     lo = self.rank * self.n_local
-                    batch.valid = ~nan[lo:lo + self.n_local]
+                    batch.valid = keep[lo:lo + self.n_local]  # out of the update: NaN rewards, unkept samples
                     keep_f = keep.float().reshape(-1, *([1] * (adv.ndim - 1)))
                     batch.adv = (adv * keep_f)[lo:lo + self.n_local]
                     batch.per_reward, batch.group_ids, batch.prompts, batch.weights = per_reward, groups, prompts, \

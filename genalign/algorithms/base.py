@@ -65,8 +65,10 @@ class Algorithm:
 
     # ------------------------------------------------------------------------------------------ losses
     def items(self, view, batch) -> List[Any]:
-        """This shard's sample indices, less those whose reward is NaN (``batch.valid``) — unless that leaves none
-        here, when all stay in with advantage 0 (a process must not run an empty micro-batch next to others)."""
+        """This shard's sample indices, less those the update leaves out (``batch.valid``: a NaN reward, or not
+        kept by the algorithm's advantage mask, e.g. GRPO's ``best_of_n`` / ``drop_zero_std_groups``) — unless that
+        leaves none here, when all stay in with advantage 0 (a process must not run an empty micro-batch next to
+        others)."""
         valid = getattr(batch, "valid", None)
         if valid is not None and bool(valid.any()):
             return [i for i in range(len(batch)) if bool(valid[i])]

@@ -44,10 +44,12 @@ class GRPO(Algorithm):
     adv_eps: float = field(default=1e-4, metadata={"help": "Epsilon added to the std."})
     adv_clip_max: float = field(default=5.0, metadata={"help": "Advantages clipped to ±A_max."})
     adv_unbiased_std: bool = field(default=False, metadata={"help": "Unbiased std (DanceGRPO) vs population."})
-    drop_zero_std_groups: bool = field(default=False, metadata={"help": "Drop groups whose rewards are all equal."})
+    drop_zero_std_groups: bool = field(default=False, metadata={
+        "help": "Leave groups whose rewards are all equal out of the update (loss and KL)."})
     buffer_size: int = field(default=16, metadata={"help": "adv_std=buffer: per-prompt buffer (DDPO)."})
     buffer_min_count: int = field(default=16, metadata={"help": "adv_std=buffer: min rewards before using it."})
-    best_of_n: int = field(default=0, metadata={"help": "DanceGRPO: train only the top n/2 + bottom n/2 per group."})
+    best_of_n: int = field(default=0, metadata={
+        "help": "DanceGRPO: train only the top n/2 + bottom n/2 per group (the rest stay out of the update)."})
     guard: bool = field(default=False, metadata={"help": "GRPO-Guard ratio normalisation and 1/|dt| reweighting."})
     kl_steps: str = field(default="trained", metadata={
         "help": "Where the KL applies: trained (the trained steps) | all (also every untrained step but the last)."})

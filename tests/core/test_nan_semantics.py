@@ -73,3 +73,29 @@ def test_a_run_without_any_update_exits_non_zero(tiny_sd3, tmp_path, capsys):
     ok["rewards"] = [{"name": HALF}]
     assert main(["train", write_config(tmp_path / "ok.yaml", ok)]) == 0
     assert os.path.exists(tmp_path / "ok" / "summary.json")
+
+
+def test_best_of_n_leaves_the_unkept_samples_out_of_the_update(tiny_sd3, tmp_path):
+    """DanceGRPO's best-of-n trains on the top n/2 and bottom n/2 of each group only (METHODS §3): the others are
+    not computed at all — neither their clipped loss nor their KL — rather than computed with advantage 0."""
+    cfg = tiny_config(tiny_sd3, str(tmp_path / "run"), train__train_batch_size=8)
+    cfg["algorithm"]["best_of_n"] = 2
+    t = Trainer(build_config(cfg))
+    t.setup()
+    seen, advs = [], []
+    losses = t.algorithm.losses
+
+    def spy(view, batch, items):
+        seen.append(sorted(items))
+        advs.append(batch.adv.clone())
+        return losses(view, batch, items)
+
+    t.algorithm.losses = spy
+    before = [p.detach().clone() for p in t.generator.trainable_parameters()]
+    t.train()
+    assert t.optimizer_step == 2
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(t.generator.trainable_parameters(), before))
+    assert len(seen) == 2
+    for items, adv in zip(seen, advs):
+        kept = [i for i in range(len(adv)) if adv[i] != 0]
+        assert items == kept and len(kept) == 4  # 2 groups of 4: the highest and the lowest of each
