@@ -36,20 +36,26 @@ def test_per_prompt_tracker_skips_nan():
     assert list(t.buffers["a"]) == [1.0, 3.0]
 
 
+def record_updates(t):
+    """Wrap the algorithm's losses: the sample indices (sorted) and the advantages each update is given."""
+    seen, advs = [], []
+    losses = t.algorithm.losses
+
+    def spy(view, batch, items):
+        seen.append(sorted(items))
+        advs.append(batch.adv.clone())
+        return losses(view, batch, items)
+
+    t.algorithm.losses = spy
+    return seen, advs
+
+
 def test_half_nan_rewards_train_on_the_other_half(tiny_sd3, tmp_path):
     cfg = tiny_config(tiny_sd3, str(tmp_path / "run"), train__train_batch_size=8)
     cfg["rewards"] = [{"name": HALF}]
     t = Trainer(build_config(cfg))
     t.setup()
-    seen, advs = [], []
-    losses = t.algorithm.losses
-
-    def spy(view, batch, items):
-        seen.append(list(items))
-        advs.append(batch.adv.clone())
-        return losses(view, batch, items)
-
-    t.algorithm.losses = spy
+    seen, advs = record_updates(t)
     before = [p.detach().clone() for p in t.generator.trainable_parameters()]
     t.train()
     assert t.optimizer_step == 2 and t.counters["skipped_nonfinite_reward"] == 0
@@ -82,15 +88,7 @@ def test_best_of_n_leaves_the_unkept_samples_out_of_the_update(tiny_sd3, tmp_pat
     cfg["algorithm"]["best_of_n"] = 2
     t = Trainer(build_config(cfg))
     t.setup()
-    seen, advs = [], []
-    losses = t.algorithm.losses
-
-    def spy(view, batch, items):
-        seen.append(sorted(items))
-        advs.append(batch.adv.clone())
-        return losses(view, batch, items)
-
-    t.algorithm.losses = spy
+    seen, advs = record_updates(t)
     before = [p.detach().clone() for p in t.generator.trainable_parameters()]
     t.train()
     assert t.optimizer_step == 2
