@@ -168,7 +168,7 @@ def main():
             m = metrics(x, P, args.seeds)
             curve.append((st["iteration"], st["counters"]["trajectories"], m))
             print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
-                  f"FAD real {m['fad_real']:.2f} FAD st {m['fad_staccato']:.2f} div {m['diversity']:.3f}", flush=True)
+                  f"FAD real {m['fad_real']:.3f} FAD st {m['fad_staccato']:.3f} div {m['diversity']:.3f}", flush=True)
         if not curve:
             continue
         after = curve[-1][2]
