@@ -155,6 +155,9 @@ def main():
         if tag not in bases:
             x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
             bases[tag] = (metrics(x, P, args.seeds), x, len(prompts))
+            b = bases[tag][0]
+            print(f"base ({tag}) corr {b['correctness']:.3f} FAD real {b['fad_real']:.3f} "
+                  f"FAD st {b['fad_staccato']:.3f} div {b['diversity']:.3f}", flush=True)
         base, base_x, _ = bases[tag]
         curve = []
         cks = [c for c in list_checkpoints(out) if args.max_iteration is None
@@ -168,7 +171,8 @@ def main():
             m = metrics(x, P, args.seeds)
             curve.append((st["iteration"], st["counters"]["trajectories"], m))
             print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
-                  f"FAD real {m['fad_real']:.3f} FAD st {m['fad_staccato']:.3f} div {m['diversity']:.3f}", flush=True)
+                  f"FAD real {m['fad_real']:.3f} FAD st {m['fad_staccato']:.3f} "
+                  f"({100 * (m['fad_staccato'] / base['fad_staccato'] - 1):+.1f} %) div {m['diversity']:.3f}", flush=True)
         if not curve:
             continue
         after = curve[-1][2]
