@@ -154,8 +154,8 @@ def main():
         tag = os.path.splitext(os.path.basename(cfg.data.eval_prompts))[0]
         if tag not in bases:
             x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
-            bases[tag] = (metrics(x, P, args.seeds), x, len(prompts))
-            b = bases[tag][0]
+            b = metrics(x, P, args.seeds)
+            bases[tag] = (b, x, len(prompts))
             print(f"base ({tag}) corr {b['correctness']:.3f} FAD real {b['fad_real']:.3f} "
                   f"FAD st {b['fad_staccato']:.3f} div {b['diversity']:.3f}", flush=True)
         base, base_x, _ = bases[tag]
@@ -172,7 +172,8 @@ def main():
             curve.append((st["iteration"], st["counters"]["trajectories"], m))
             print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
                   f"FAD real {m['fad_real']:.3f} FAD st {m['fad_staccato']:.3f} "
-                  f"({100 * (m['fad_staccato'] / base['fad_staccato'] - 1):+.1f} %) div {m['diversity']:.3f}", flush=True)
+                  f"({100 * (m['fad_staccato'] / base['fad_staccato'] - 1):+.1f} %) div {m['diversity']:.3f}",
+                  flush=True)
         if not curve:
             continue
         after = curve[-1][2]

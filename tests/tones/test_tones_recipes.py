@@ -1,6 +1,7 @@
 """The tones recipes run through the trainer (one iteration, small batches) on an untrained tones-shaped
 StableAudioPipeline (genalign/tones/pipeline.py: the analytic MDCT Oobleck codec, 1 DiT layer): GRPO, NFT and
-DRAGON (full-set FAD, per-song exemplar log-density, text exemplars) all train the policy on the EDM law and write WAV evaluations."""
+DRAGON (full-set FAD, per-song exemplar log-density, text exemplars) all train the policy on the EDM law and write
+WAV evaluations."""
 
 import json
 import os
@@ -24,7 +25,8 @@ def tones_pipe(tmp_path_factory):
     return str(d / "pipe")
 
 
-@pytest.mark.parametrize("name", ["tones_grpo", "tones_nft", "tones_dragon_fad", "tones_dragon_song", "tones_dragon_text"])
+@pytest.mark.parametrize("name", ["tones_grpo", "tones_nft", "tones_dragon_fad", "tones_dragon_song",
+                                  "tones_dragon_text"])
 def test_tones_recipe_trains_one_iteration(name, tones_pipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(os.path.join("configs", "toy", f"{name}.yaml"), [
