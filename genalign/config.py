@@ -130,6 +130,10 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 = off."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear LR warm-up in optimiser steps."})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "LR decay over train.iterations, the same for every part: constant | linear | cosine."})
+    lr_min_ratio: float = field(default=0.0, metadata={
+        "help": "linear / cosine: the LR at the last iteration, as a fraction of the part's learning rate."})
     optimizer_steps_per_iteration: int = field(
         default=2, metadata={"help": "Optimiser steps per rollout batch (Flow-GRPO: 2)."}
     )
@@ -207,6 +211,7 @@ ENUMS = {
     "sampler.train_timesteps": ("all_but_last", "random_subset", "window", "sliding_window"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.host_malloc": ("auto", "reuse", "default"),
+    "train.lr_schedule": ("constant", "linear", "cosine"),
     "reward_aggregation": ("sum_then_normalize", "normalize_then_sum"),
 }
 

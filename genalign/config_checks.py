@@ -84,6 +84,7 @@ def check_values(cfg) -> None:
         check_number(f"train.{key}", getattr(t, key), 0, integer=True)
     check_number("train.ema.every", t.ema.every, 0, lo_open=True, integer=True)
     check_number("train.max_minutes", t.max_minutes, 0.0)
+    check_number("train.lr_min_ratio", t.lr_min_ratio, 0.0, 1.0)
     check_number("sampler.guidance_scale", s.guidance_scale, 0.0)
     check_number("sampler.noise_level", s.noise_level, 0.0)
     check_number("sampler.eta", s.eta, 0.0)

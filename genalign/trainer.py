@@ -106,7 +106,8 @@ class Trainer:
         self.view = View(self)
         self.parts: Dict[str, Any] = {}
         self.algorithm.setup(self.view)
-        self.parts = build_parts(acc, cfg, self.generator, declared_parts(self.algorithm, self.rewards, self.view))
+        self.parts = build_parts(acc, cfg, self.generator, declared_parts(self.algorithm, self.rewards, self.view),
+                                 progress=lambda: self.iteration / max(1, cfg.train.iterations))
         self.model = self.parts["policy"].module
         self.algorithm.after_parts(self.view)
         self.train_records = read_prompt_records(cfg.data.prompts)

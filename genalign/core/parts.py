@@ -8,7 +8,7 @@ parameters become DTensor shards (``Part.params`` are the sharded ones), and che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -120,7 +120,31 @@ def fsdp_wrap_classes(acc, module: torch.nn.Module, configured) -> None:
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = policy, names
 
 
-def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Part]:
+def lr_factor(cfg, num_processes: int, progress: Callable[[], float]) -> Callable[[int], float]:
+    """The multiplier of every part's learning rate: a linear warm-up over ``train.warmup_steps`` optimiser steps,
+    times a decay that follows the run's progress (iteration / ``train.iterations``, read from ``progress``) from 1
+    to ``train.lr_min_ratio`` (``train.lr_schedule``: constant | linear | cosine). Why not diffusers'
+    ``get_scheduler``: it needs each optimiser's total step count, and parts step at their own rates (a DMD2 critic
+    steps several times per generator step); progress in iterations is the same for all of them. The step count
+    is divided by the process count because accelerate's prepared scheduler steps once per process."""
+    import math
+
+    warm, kind, floor = cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.lr_min_ratio
+
+    def factor(s: int) -> float:
+        w = min(1.0, (s // max(1, num_processes) + 1) / warm) if warm > 0 else 1.0
+        p = min(max(progress(), 0.0), 1.0)
+        if kind == "linear":
+            return w * (1.0 - (1.0 - floor) * p)
+        if kind == "cosine":
+            return w * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
+        return w
+
+    return factor
+
+
+def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec],
+                progress: Callable[[], float] = lambda: 0.0) -> Dict[str, Part]:
     unknown = sorted(set(cfg.train.parts) - {"policy", *extra})
     if unknown:
         raise ConfigError(f"'train.parts' names unknown part(s) {unknown}; this run's parts: "
@@ -139,8 +163,7 @@ def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec]) -> Dict[str, Pa
             raise ConfigError(f"part '{name}' has no trainable parameters{hint}")
         o = resolve_options(name, spec, cfg)
         opt = torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"])
-        warm = cfg.train.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, acc.num_processes, progress))
         if name != "policy":
             spec.module.to(acc.device)
         if fsdp:
