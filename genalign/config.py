@@ -131,7 +131,8 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 = off."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear LR warm-up in optimiser steps."})
     lr_schedule: str = field(default="constant", metadata={
-        "help": "LR decay over train.iterations, the same for every part: constant | linear | cosine."})
+        "help": "LR decay over train.iterations, the same for every part: constant | linear | cosine (a run "
+                "resumed with more iterations stretches what remains of it)."})
     lr_min_ratio: float = field(default=0.0, metadata={
         "help": "linear / cosine: the LR at the last iteration, as a fraction of the part's learning rate."})
     optimizer_steps_per_iteration: int = field(

@@ -65,3 +65,33 @@ def test_bad_schedule_settings_are_one_line_errors(item, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         load_config("configs/toy/tones_grpo.yaml", [item])
     assert "\n" not in str(e.value)
+
+
+def test_a_decaying_run_resumed_from_a_checkpoint_ends_bit_identical(tmp_path):
+    import shutil
+
+    import torch
+
+    from tests.core.test_parts_phases import _state
+
+    def cfg_for(run, **over):
+        c = make_config(tmp_path / run, TWO_PART, rewards=[{"name": "tests.core.parts_for_tests:LearnedBrightness"}],
+                        iterations=4, save_every=2, keep_checkpoints=0, lr_schedule="cosine", lr_min_ratio=0.1)
+        for k, v in over.items():
+            setattr(c.run, k, v)
+        return c
+
+    trainer_for(cfg_for("full")).train()
+    trainer_for(cfg_for("cut")).train()
+    cut = str(tmp_path / "cut" / "run")
+    shutil.rmtree(os.path.join(cut, "checkpoints", "checkpoint-4"))  # as if the run had stopped after iteration 2
+    resumed = cfg_for("cut", resume=True)
+    resumed.run.output_dir = cut
+    tr = trainer_for(resumed)
+    assert tr.iteration == 2
+    tr.train()
+    _, a = _state(str(tmp_path / "full" / "run"))
+    _, b = _state(cut)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
