@@ -120,19 +120,20 @@ def fsdp_wrap_classes(acc, module: torch.nn.Module, configured) -> None:
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = policy, names
 
 
-def lr_factor(cfg, num_processes: int, progress: Callable[[], float]) -> Callable[[int], float]:
+def lr_factor(cfg, steps_per_step: int, progress: Callable[[], float]) -> Callable[[int], float]:
     """The multiplier of every part's learning rate: a linear warm-up over ``train.warmup_steps`` optimiser steps,
     times a decay that follows the run's progress (iteration / ``train.iterations``, read from ``progress``) from 1
     to ``train.lr_min_ratio`` (``train.lr_schedule``: constant | linear | cosine). Why not diffusers'
     ``get_scheduler``: it needs each optimiser's total step count, and parts step at their own rates (a DMD2 critic
     steps several times per generator step); progress in iterations is the same for all of them. The step count
-    is divided by the process count because accelerate's prepared scheduler steps once per process."""
+    is divided by the scheduler steps per optimiser step: accelerate steps a prepared scheduler once per process
+    (unless split_batches)."""
     import math
 
     warm, kind, floor = cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.lr_min_ratio
 
     def factor(s: int) -> float:
-        w = min(1.0, (s // max(1, num_processes) + 1) / warm) if warm > 0 else 1.0
+        w = min(1.0, (s // max(1, steps_per_step) + 1) / warm) if warm > 0 else 1.0
         p = min(max(progress(), 0.0), 1.0)
         if kind == "linear":
             return w * (1.0 - (1.0 - floor) * p)
@@ -163,7 +164,8 @@ def build_parts(acc, cfg, generator, extra: Dict[str, PartSpec],
             raise ConfigError(f"part '{name}' has no trainable parameters{hint}")
         o = resolve_options(name, spec, cfg)
         opt = torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, acc.num_processes, progress))
+        per_step = 1 if getattr(acc, "split_batches", False) else acc.num_processes  # scheduler steps per opt. step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, per_step, progress))
         if name != "policy":
             spec.module.to(acc.device)
         if fsdp:
