@@ -51,7 +51,7 @@ def main():
     def show(tag, gen):
         x, P, _ = samples_of(gen, cfg.sampler, prompts, args.seeds)
         m = metrics(x, P, args.seeds)
-        print(f"| {tag} | {m['correctness']:.3f} | {m['fad_real']:.2f} | {m['fad_staccato']:.2f} | "
+        print(f"| {tag} | {m['correctness']:.3f} | {m['fad_real']:.3f} | {m['fad_staccato']:.3f} | "
               f"{m['diversity']:.3f} |", flush=True)
 
     print(f"held-out prompts ({len(prompts)}) x seeds 1000..{999 + args.seeds}, {T} steps")
