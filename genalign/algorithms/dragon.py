@@ -77,7 +77,8 @@ class Dragon(Algorithm):
     cross_group_pairs: bool = field(default=True, metadata={"help": "DPO: zip leftovers across prompt groups."})
     num_timesteps: int = field(default=1, metadata={"help": "Noised copies (backward units) per sample per pass."})
     timestep_sampling: str = field(default="uniform", metadata={"help": "uniform | schedule (rollout's steps)."})
-    t_min: float = field(default=0.0, metadata={"help": "Lower time bound in [0, 1] (uniform)."})
+    t_min: float = field(default=0.0, metadata={"help": "Lower time bound in [0, 1] (uniform); raise it to train only "
+                                                        "where the target attribute is set (tones recipes: 0.8)."})
     t_max: float = field(default=1.0, metadata={"help": "Upper time bound in [0, 1] (uniform)."})
     stochastic_rollout: bool = field(default=False, metadata={"help": "Sample rollouts with the stochastic kernel."})
     rollout_guidance_scale: Optional[float] = field(default=None, metadata={"help": "Rollout CFG (null = sampler's)."})
