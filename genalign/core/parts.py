@@ -130,14 +130,14 @@ def lr_factor(cfg, steps_per_step: int, progress: Callable[[], float]) -> Callab
     (unless split_batches)."""
     import math
 
-    warm, kind, floor = cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.lr_min_ratio
+    warm, schedule, floor = cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.lr_min_ratio
 
     def factor(s: int) -> float:
         w = min(1.0, (s // max(1, steps_per_step) + 1) / warm) if warm > 0 else 1.0
         p = min(max(progress(), 0.0), 1.0)
-        if kind == "linear":
+        if schedule == "linear":
             return w * (1.0 - (1.0 - floor) * p)
-        if kind == "cosine":
+        if schedule == "cosine":
             return w * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
         return w
 
