@@ -24,7 +24,7 @@ import sys
 from typing import List, Optional
 
 from .errors import GenalignError
-from .utils.argtypes import OneLineParser, non_negative_float, non_negative_int, positive_int, seed
+from .utils.argtypes import OneLineParser, non_negative_float, non_negative_int, open_fraction, positive_int, seed
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy",
                               "flow_grpo.yaml")
@@ -84,7 +84,7 @@ def cmd_train(args) -> int:
 
 
 def _load_generator(model: str, family: Optional[str], height: int, width: int, dtype: str, device: str,
-                    lora_rank: int = 0, seconds: Optional[float] = None):
+                    lora_rank: int = 0, seconds: Optional[float] = None, base_from: Optional[float] = None):
     from .config import ModelConfig
     from .registry import MODELS
 
@@ -92,7 +92,8 @@ def _load_generator(model: str, family: Optional[str], height: int, width: int, 
 
     fam = family or _guess_family(model)
     check_family_matches_pipeline(fam, model, MODELS.get(fam), key="--family")
-    mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype, seconds=seconds or None)
+    mcfg = ModelConfig(family=fam, path=model, height=height, width=width, dtype=dtype, seconds=seconds or None,
+                       base_from=base_from)
     mcfg.lora.rank = 0
     gen = MODELS.get(fam).load(mcfg, device=device)
     return gen
@@ -152,9 +153,18 @@ def cmd_sample(args) -> int:
     from .core.hostmem import tune_host_malloc
 
     tune_host_malloc("auto", on_accelerator=device != "cpu")
-    gen = _load_generator(args.model, args.family, args.height, args.width, args.dtype, device,
-                          seconds=args.seconds)
-    from .export import read_student
+    from .export import read_experts, read_student
+
+    experts = read_experts(args.lora) or read_experts(args.model) or {}
+    base_from = args.base_from if args.base_from is not None else experts.get("base_from")
+    fused = base_from is not None and not args.lora  # a full model: the base expert is another pipeline
+    base = (args.base_model or experts.get("base_model")) if fused else args.model
+    if fused and not base:
+        raise GenalignError("--base-from with a full --model needs the base pipeline: pass --base-model PATH")
+    gen = _load_generator(base, args.family, args.height, args.width, args.dtype, device, seconds=args.seconds,
+                          base_from=base_from)  # two experts: the base is copied before the trained weights load
+    if fused:
+        gen.load_full_weights(args.model)
 
     student = read_student(args.model) or read_student(args.lora)
     if student:  # an exported few-step student: its scheduler settings, step count and guidance by default
@@ -262,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=non_negative_float, default=0.0,
                    help="audio families: seconds to generate (default: the model's full length)")
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    s.add_argument("--base-from", type=open_fraction, default=None,
+                   help="two experts (a run with model.base_from): the trained weights denoise the steps before this "
+                        "fraction, the base the rest (default: the export's experts.json)")
+    s.add_argument("--base-model", help="with --base-from and a full --model: the base pipeline (default: experts.json's)")
     s.add_argument("--device")
     s.add_argument("--reward", action="append",
                    help="score samples with this reward (repeatable): a name, or a mapping with arguments as in a "

@@ -60,6 +60,10 @@ class ModelConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser's repeated blocks."})
     compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend (model.compile)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the hub."})
+    base_from: Optional[float] = field(default=None, metadata={
+        "help": "Two experts by noise level: from this fraction of the sampler's steps on, the base model (adapter "
+                "disabled, or a frozen copy for full fine-tuning) denoises, in rollouts, evaluation and sampling; the "
+                "trained weights act only on the earlier steps. null = the trained weights on every step."})
 
 
 @dataclass

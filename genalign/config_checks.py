@@ -92,6 +92,8 @@ def check_values(cfg) -> None:
         check_number("sampler.shift", s.shift, 0.0, lo_open=True)
     check_number("sampler.window_size", s.window_size, 0, lo_open=True, integer=True)
     check_number("sampler.window_range", s.window_range, 0.0, 1.0)
+    if m.base_from is not None:
+        check_number("model.base_from", m.base_from, 0.0, 1.0, lo_open=True, hi_open=True)
     if m.lora.rank > 0:
         check_number("model.lora.alpha", m.lora.alpha, 0.0, lo_open=True)
         check_number("model.lora.dropout", m.lora.dropout, 0.0, 1.0, hi_open=True)

@@ -19,6 +19,7 @@ from .io import atomic_directory, atomic_write_text
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 STUDENT_FILE = "student.json"
+EXPERTS_FILE = "experts.json"
 
 
 def read_checkpoint_state(ckpt: str) -> dict:
@@ -81,6 +82,28 @@ def read_student(path: Optional[str]) -> Optional[dict]:
         return json.load(f)
 
 
+def read_experts(path: Optional[str]) -> Optional[dict]:
+    """The ``experts.json`` of an export whose run trained with ``model.base_from`` (or None)."""
+    if not path or not os.path.isdir(path) or not os.path.exists(os.path.join(path, EXPERTS_FILE)):
+        return None
+    try:
+        with open(os.path.join(path, EXPERTS_FILE)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"'{path}/{EXPERTS_FILE}' is unreadable or not valid JSON") from None
+
+
+def _experts_card(experts: Optional[dict], fused: bool) -> str:
+    if not experts:
+        return ""
+    f, base = experts["base_from"], experts["base_model"]
+    how = f"--lora PATH --model {base}" if not fused else f"--model PATH --base-model {base}"
+    return (f"\n## Two experts (`model.base_from: {f}`)\n\nThe run trained these weights on the early, high-noise "
+            f"steps only: they denoise the first ⌈{f}·N⌉ of N steps and the base model (`{base}`) the rest. Sampled "
+            f"with these weights on every step the model is not the one that was trained. `genalign sample {how}` "
+            f"splits the steps (it reads `{EXPERTS_FILE}`).\n")
+
+
 def _scheduler_from(base: str):
     """The base pipeline's scheduler (a local folder or a hub id), without loading its networks."""
     import diffusers
@@ -110,7 +133,8 @@ def _check_weights(src: str, is_lora: bool, family: str) -> None:
         check_safetensors(os.path.join(folder, f), "weights file")
 
 
-def model_card(base: str, family: str, run_cfg: dict, fused: bool, student: Optional[dict] = None) -> str:
+def model_card(base: str, family: str, run_cfg: dict, fused: bool, student: Optional[dict] = None,
+               experts: Optional[dict] = None) -> str:
     alg = (run_cfg.get("algorithm") or {}).get("name", "?")
     rewards = ", ".join(r.get("name", "?") for r in run_cfg.get("rewards", []) or []) or "?"
     how = ("DiffusionPipeline.from_pretrained(path)" if fused else
@@ -119,7 +143,7 @@ def model_card(base: str, family: str, run_cfg: dict, fused: bool, student: Opti
             f"# genalign export\n\n- base model: `{base}` ({family})\n- algorithm: `{alg}`\n- rewards: {rewards}\n"
             f"- format: {'full pipeline (LoRA fused)' if fused else 'diffusers LoRA'}\n\n"
             f"Load with:\n\n```python\nfrom diffusers import DiffusionPipeline\n{how}\n```\n"
-            + _student_card(student, fused))
+            + _student_card(student, fused) + _experts_card(experts, fused))
 
 
 def _student_card(student: Optional[dict], fused: bool) -> str:
@@ -153,6 +177,8 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
     if is_lora and not os.path.exists(os.path.join(src, LORA_FILE)):
         raise CheckpointError(f"checkpoint '{src}' has no {LORA_FILE}")
     student = student_settings(run_cfg)
+    base_from = (run_cfg.get("model") or {}).get("base_from")
+    experts = None if base_from is None else {"base_from": float(base_from), "base_model": base, "family": family}
     gen_cls = MODELS.get(family)
     _check_weights(src, is_lora, family)  # a truncated file fails here, in one line, before anything is written
     with atomic_directory(out) as tmp:
@@ -190,5 +216,7 @@ def export(ckpt: str, out: str, fuse: bool = False, model: Optional[str] = None,
             fuse = True
         if student:
             atomic_write_text(os.path.join(tmp, STUDENT_FILE), json.dumps(student, indent=2) + "\n")
-        atomic_write_text(os.path.join(tmp, "README.md"), model_card(base, family, run_cfg, fuse, student))
+        if experts:
+            atomic_write_text(os.path.join(tmp, EXPERTS_FILE), json.dumps(experts, indent=2) + "\n")
+        atomic_write_text(os.path.join(tmp, "README.md"), model_card(base, family, run_cfg, fuse, student, experts))
     return out

@@ -83,6 +83,7 @@ class GRPO(Algorithm):
         return self.guard
 
     def setup(self, view) -> None:
+        self._base_step = view.generator.base_step
         if self.beta > 0:
             view.generator.make_reference()
 
@@ -110,7 +111,10 @@ class GRPO(Algorithm):
         if self.beta <= 0 or self.kl_steps != "all":
             return []
         trained = set(torch.unique(ro.train_steps).tolist())
-        return [j for j in range(ro.log_probs.shape[1] - 1) if j not in trained]
+        T = ro.log_probs.shape[1]
+        base_step = getattr(self, "_base_step", None)  # model.base_from: the base's steps are not the policy's
+        end = min(T - 1, base_step(T) if base_step is not None else T)
+        return [j for j in range(end) if j not in trained]
 
     def mix(self, adv: torch.Tensor) -> torch.Tensor:
         """The advantage a plain step trains on (MARBLE-GRPO mixes per-reward columns)."""

@@ -29,6 +29,7 @@ import torch
 from ..config import ModelConfig, SamplerConfig
 from ..errors import CheckpointError, ConfigError
 from . import steps as K
+from .experts import TwoExperts
 from .weights import WeightsIO
 from .laws import NoiseLaw, RectifiedFlow
 from .speed import compile_repeated_blocks, expand_cond, lora_layers, speed_on  # noqa: F401
@@ -149,7 +150,7 @@ def native_size(pipe, denoiser_name: str) -> Tuple[int, int]:
     return int(h) * f, int(w) * f
 
 
-class Generator(WeightsIO):
+class Generator(WeightsIO, TwoExperts):
     """Base class of the model-family adapters. See the module docstring for the hooks a family implements."""
 
     family: str = "base"
@@ -195,6 +196,8 @@ class Generator(WeightsIO):
                 if p0 is not None and (p0.device != self.device or p0.dtype != self.weight_dtype):
                     comp.to(self.device, dtype=self.weight_dtype)
         self._setup_trainable()
+        if cfg.base_from is not None:
+            self.make_reference()  # the base expert, copied before any checkpoint is loaded (LoRA: a no-op)
         if cfg.gradient_checkpointing and hasattr(self.denoiser, "enable_gradient_checkpointing"):
             self.denoiser.enable_gradient_checkpointing()
         if cfg.enable_xformers:
@@ -525,19 +528,23 @@ class Generator(WeightsIO):
         x = self.initial_noise(noise_seeds if noise_seeds is not None else seeds).float()
         gens = sample_generators(seeds, "cpu", salt=1)
         mask = self.stochastic_mask(T, scfg, window_start) if stochastic else torch.zeros(T, dtype=torch.bool)
+        k0 = self.check_expert_steps(mask)  # model.base_from: the base denoises steps k0.. (T: never)
         states = [x.cpu()]
         log_probs = torch.full((x.shape[0], T), float("nan"))
         means = [] if store_means else None
-        for i in range(T):
-            out = self.predict(model, x, sch.timesteps[i].to(self.device), cond, g)
-            noise = per_sample_randn(x.shape[1:], gens, "cpu").to(self.device) if mask[i] else None
-            st = self.kernel_step(out, x, i, sch, scfg, bool(mask[i]), noise=noise)
-            if st.log_prob is not None:
-                log_probs[:, i] = st.log_prob.cpu()
-            if means is not None:
-                means.append(st.mean.cpu())
-            x = st.prev_sample
-            states.append(x.cpu())
+        with contextlib.ExitStack() as experts:
+            for i in range(T):
+                if i == k0:
+                    model = experts.enter_context(self.reference())
+                out = self.predict(model, x, sch.timesteps[i].to(self.device), cond, g)
+                noise = per_sample_randn(x.shape[1:], gens, "cpu").to(self.device) if mask[i] else None
+                st = self.kernel_step(out, x, i, sch, scfg, bool(mask[i]), noise=noise)
+                if st.log_prob is not None:
+                    log_probs[:, i] = st.log_prob.cpu()
+                if means is not None:
+                    means.append(st.mean.cpu())
+                x = st.prev_sample
+                states.append(x.cpu())
         n = x.shape[0]
         if train_steps is None:
             train_steps = torch.nonzero(~torch.isnan(log_probs[0])).flatten().expand(n, -1)

@@ -82,3 +82,11 @@ non_negative_float = _bounded(_float, "a number", False, "non_negative_float")
 
 def finite_float(text: str) -> float:
     return _float(text, "")
+
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (``--base-from``)."""
+    v = _float(text, "in (0, 1)")
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is out of range; expected a number in (0, 1)")
+    return v
