@@ -25,8 +25,8 @@ def tones_pipe(tmp_path_factory):
     return str(d / "pipe")
 
 
-@pytest.mark.parametrize("name", ["tones_grpo", "tones_grpo_plain", "tones_nft", "tones_dragon_fad", "tones_dragon_song",
-                                  "tones_dragon_text"])
+@pytest.mark.parametrize("name", ["tones_grpo", "tones_grpo_plain", "tones_grpo_experts", "tones_nft",
+                                  "tones_dragon_fad", "tones_dragon_song", "tones_dragon_text"])
 def test_tones_recipe_trains_one_iteration(name, tones_pipe, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(os.path.join("configs", "toy", f"{name}.yaml"), [
