@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-from", type=open_fraction, default=None,
                    help="two experts (a run with model.base_from): the trained weights denoise the steps before this "
                         "fraction, the base the rest (default: the export's experts.json)")
-    s.add_argument("--base-model", help="with --base-from and a full --model: the base pipeline (default: experts.json's)")
+    s.add_argument("--base-model",
+                   help="with --base-from and a full --model: the base pipeline (default: experts.json's)")
     s.add_argument("--device")
     s.add_argument("--reward", action="append",
                    help="score samples with this reward (repeatable): a name, or a mapping with arguments as in a "

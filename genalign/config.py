@@ -448,7 +448,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"'sampler.kernel' is '{cfg.sampler.kernel}', which '{cfg.model.family}' models "
                           f"({law.description}) do not support; valid choices: {choices(kernels)}")
     alg_cls = ALGORITHMS.get(cfg.algorithm.name)
-    make_algorithm(alg_cls, cfg.algorithm.args)
+    from .config_checks import check_expert_window
+
+    check_expert_window(cfg, bool(getattr(make_algorithm(alg_cls, cfg.algorithm.args), "needs_log_probs", True)))
     if not cfg.rewards and getattr(alg_cls, "needs_rewards", True):
         raise ConfigError(f"'rewards' is empty; name at least one of: {choices(REWARDS.names())}")
     made = getattr(fam, "modality", "image")  # a class attribute: known without loading the model

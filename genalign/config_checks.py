@@ -217,3 +217,22 @@ def check_reward_sample_rates(model_rate: Optional[int], specs, family: str) -> 
             where = "encoder_args.sample_rate" if "encoder" in spec.args or "encoder_args" in spec.args else "sample_rate"
             raise ConfigError(f"reward '{spec.name}' (rewards.{i}) reads audio at {rate} Hz, but model family "
                               f"'{family}' generates {int(model_rate)} Hz; set rewards.{i}.args.{where}: {int(model_rate)}")
+
+
+def check_expert_window(cfg, needs_log_probs: bool) -> None:
+    """``model.base_from`` with a stochastic, trained rollout: its steps must end before the base's first (the same
+    check the rollout makes, here before anything is loaded or written; a last step that the kernel makes
+    deterministic anyway is left to the rollout's exact check)."""
+    f, s = cfg.model.base_from, cfg.sampler
+    if f is None or not needs_log_probs:
+        return
+    from .models.experts import first_base_step, overlap_error
+
+    T = s.num_steps
+    k0 = first_base_step(f, T)
+    if s.train_timesteps == "window":
+        end = min(T - 1, max(1, int(s.window_range * T) - s.window_size + 1) - 1 + s.window_size)
+        if end > k0:
+            raise overlap_error(f, T, end - 1)
+    elif k0 < T - 1:
+        raise overlap_error(f, T, T - 2, f" (sampler.train_timesteps '{s.train_timesteps}')")

@@ -19,11 +19,22 @@ import torch
 from ..errors import ConfigError
 
 
+def first_base_step(base_from, num_steps: int) -> int:
+    """The first of ``num_steps`` steps the base denoises under ``model.base_from`` (``num_steps`` when it is off)."""
+    return num_steps if base_from is None else min(num_steps, max(1, math.ceil(base_from * num_steps - 1e-9)))
+
+
+def overlap_error(base_from, num_steps: int, last: int, what: str = "") -> ConfigError:
+    k0 = first_base_step(base_from, num_steps)
+    return ConfigError(f"'model.base_from' {base_from} hands steps {k0}..{num_steps - 1} of {num_steps} to the base, "
+                       f"but the sampler's stochastic (trained) steps reach step {last}{what}; end the window before "
+                       f"step {k0} (sampler.window_size / window_range) or raise model.base_from")
+
+
 class TwoExperts:
     def base_step(self, num_steps: int) -> int:
         """The first of ``num_steps`` steps the base denoises (``num_steps`` when ``model.base_from`` is off)."""
-        f = self.cfg.base_from
-        return num_steps if f is None else min(num_steps, max(1, math.ceil(f * num_steps - 1e-9)))
+        return first_base_step(self.cfg.base_from, num_steps)
 
     def check_expert_steps(self, mask: torch.Tensor) -> int:
         """``base_step`` for a sampler with stochastic steps ``mask``; a stochastic (trained) step on the base's
@@ -31,8 +42,5 @@ class TwoExperts:
         T = int(mask.numel())
         k0 = self.base_step(T)
         if bool(mask[k0:].any()):
-            last = int(torch.nonzero(mask).flatten()[-1])
-            raise ConfigError(f"'model.base_from' {self.cfg.base_from} hands steps {k0}..{T - 1} of {T} to the base, "
-                              f"but the sampler's stochastic (trained) steps reach step {last}; end the window before "
-                              f"step {k0} (sampler.window_size / window_range) or raise model.base_from")
+            raise overlap_error(self.cfg.base_from, T, int(torch.nonzero(mask).flatten()[-1]))
         return k0

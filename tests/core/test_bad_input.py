@@ -92,6 +92,15 @@ def test_bad_cli_calls(capsys, tmp_path, tiny_sd3):
     notck.mkdir()
     _check(capsys, ["export", str(notck), "--out", str(tmp_path / "x")], "not a genalign checkpoint")
     _check(capsys, ["sample", "--model", tiny_sd3, "--out", str(tmp_path / "s")], "give --prompt")
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--base-from", "0.5", "--out", str(tmp_path / "s")],
+           "--base-from with a full --model needs the base pipeline: pass --base-model PATH")
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--base-from", "1", "--out", str(tmp_path / "s")],
+           "--base-from: 1.0 is out of range; expected a number in (0, 1)")
+    bad = tmp_path / "bad_experts"
+    bad.mkdir()
+    (bad / "experts.json").write_text("{not json")
+    _check(capsys, ["sample", "--model", tiny_sd3, "--prompt", "a", "--lora", str(bad), "--out", str(tmp_path / "s")],
+           "experts.json' is unreadable or not valid JSON")
     _check(capsys, ["sample", "--model", str(tmp_path), "--prompt", "a", "--out", str(tmp_path / "s")],
            "cannot tell the model family")
     corrupt = tmp_path / "corrupt"

@@ -73,8 +73,9 @@ def test_a_window_on_the_base_steps_is_a_one_line_error(lora_pair):
     gated, _ = lora_pair
     scfg = SamplerConfig(num_steps=4, guidance_scale=1.0, kernel="sde", train_timesteps="window", window_size=2)
     gated.rollout(["a cat"], [1], scfg, window_start=0)  # steps 0, 1: the policy's
-    with pytest.raises(ConfigError, match=r"^'model.base_from' 0.5 hands steps 2..3 of 4 to the base, but the "
-                                          r"sampler's stochastic \(trained\) steps reach step 2; end the window before"):
+    want = (r"^'model.base_from' 0.5 hands steps 2..3 of 4 to the base, but the sampler's stochastic \(trained\) "
+            r"steps reach step 2; end the window before step 2")
+    with pytest.raises(ConfigError, match=want):
         gated.rollout(["a cat"], [1], scfg, window_start=1)
 
 
