@@ -226,12 +226,13 @@ def check_expert_window(cfg, needs_log_probs: bool) -> None:
     f, s = cfg.model.base_from, cfg.sampler
     if f is None or not needs_log_probs:
         return
+    from .core.planning import window_starts
     from .models.experts import first_base_step, overlap_error
 
     T = s.num_steps
     k0 = first_base_step(f, T)
     if s.train_timesteps == "window":
-        end = min(T - 1, max(1, int(s.window_range * T) - s.window_size + 1) - 1 + s.window_size)
+        end = min(T - 1, window_starts(s) - 1 + s.window_size)  # the latest window's end (exclusive)
         if end > k0:
             raise overlap_error(f, T, end - 1)
     elif k0 < T - 1:

@@ -74,23 +74,25 @@ def student_settings(run_cfg: dict) -> Optional[dict]:
             "train_steps": student_schedule_steps(sigmas, int(s.get("num_steps") or 1))}
 
 
+def _read_export_json(path: Optional[str], name: str) -> Optional[dict]:
+    """An export folder's ``name`` JSON file (None when ``path`` is no folder or lacks it; one line if corrupt)."""
+    if not path or not os.path.isdir(path) or not os.path.exists(os.path.join(path, name)):
+        return None
+    try:
+        with open(os.path.join(path, name)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"'{path}/{name}' is unreadable or not valid JSON") from None
+
+
 def read_student(path: Optional[str]) -> Optional[dict]:
     """The ``student.json`` of an exported student folder (or None)."""
-    if not path or not os.path.isdir(path) or not os.path.exists(os.path.join(path, STUDENT_FILE)):
-        return None
-    with open(os.path.join(path, STUDENT_FILE)) as f:
-        return json.load(f)
+    return _read_export_json(path, STUDENT_FILE)
 
 
 def read_experts(path: Optional[str]) -> Optional[dict]:
     """The ``experts.json`` of an export whose run trained with ``model.base_from`` (or None)."""
-    if not path or not os.path.isdir(path) or not os.path.exists(os.path.join(path, EXPERTS_FILE)):
-        return None
-    try:
-        with open(os.path.join(path, EXPERTS_FILE)) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"'{path}/{EXPERTS_FILE}' is unreadable or not valid JSON") from None
+    return _read_export_json(path, EXPERTS_FILE)
 
 
 def _experts_card(experts: Optional[dict], fused: bool) -> str:

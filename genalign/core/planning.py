@@ -26,6 +26,11 @@ class Plan:
                     self.noise_seeds[lo:hi], self.window_start)
 
 
+def window_starts(scfg) -> int:
+    """``train_timesteps: window``: how many start steps the window is drawn from (0 .. this − 1)."""
+    return max(1, int(scfg.window_range * scfg.num_steps) - scfg.window_size + 1)
+
+
 def plan(cfg, records: List[Dict[str, Any]], iteration: int) -> Plan:
     """``records``: the training prompts as dicts with a ``prompt`` key and any per-prompt fields."""
     rng = np.random.default_rng(derive_seed(cfg.train.seed, iteration, 1))
@@ -43,8 +48,7 @@ def plan(cfg, records: List[Dict[str, Any]], iteration: int) -> Plan:
     window_start = None
     T = cfg.sampler.num_steps
     if cfg.sampler.train_timesteps == "window":
-        hi = max(1, int(cfg.sampler.window_range * T) - cfg.sampler.window_size + 1)
-        window_start = int(rng.integers(0, hi))
+        window_start = int(rng.integers(0, window_starts(cfg.sampler)))
     elif cfg.sampler.train_timesteps == "sliding_window":  # MixGRPO progressive: high -> low noise
         span = max(1, T - cfg.sampler.window_size)
         window_start = min(span, int(iteration * span / max(cfg.train.iterations - 1, 1)))
