@@ -10,7 +10,9 @@ channels are averaged to mono. ``modality = "audio"``.
   ``present_i = min(1, P(B(f_i)) / (presence · E_tot / K))`` (each expected fundamental carries at least a
   ``presence`` share of its 1/K part of the power); score = ``explained · mean_i present_i`` in [0, 1].
   A correct chord scores ≈ 1, a missing chord note costs 1/K, a wrong note costs its power share, a note an
-  octave off fails ``present``. Silence scores 0. NaN when the prompt names no single note / interval / chord
+  octave off fails ``present``. ``presence_pool: min`` takes ``min_i present_i`` instead of the mean: a clip
+  missing one of the notes scores ≈ 0 rather than (K−1)/K — a training option (this project's) that leaves no
+  partial credit for playing only some of the notes; evaluations keep the mean. Silence scores 0. NaN when the prompt names no single note / interval / chord
   (and ``metadata[i]["midi_notes"]`` is absent). Differentiable (ratios of FFT powers).
 * ``loudness`` — RMS level in dBFS, ``10·log10(mean x² + 1e-10)`` (−3.01 dB for a full-scale sine, −100 dB for
   silence); with ``target_db`` set, ``−|level − target_db|`` (0 at the target). Differentiable.
@@ -62,8 +64,9 @@ def _bands(freqs: torch.Tensor, centres: Sequence[float], cents: float) -> torch
 def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]],
                              sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
                              f_min: float = 50.0, max_harmonic: int = MAX_HARMONIC,
-                             near_cents: Optional[float] = 150.0) -> torch.Tensor:
-    """Per clip ``explained`` and ``present`` (module doc; their product is ``tone_correctness``) and, unless
+                             near_cents: Optional[float] = 150.0, presence_pool: str = "mean") -> torch.Tensor:
+    """Per clip ``explained`` and ``present`` (module doc; their product is ``tone_correctness``; ``presence_pool``
+    "min" takes the least present note instead of the mean over notes) and, unless
     ``near_cents`` is None (the reward itself skips it), the *near miss*: the share of in-range power within
     ±``near_cents`` of an expected harmonic but outside ±``tolerance_cents`` (a note played off pitch rather than a
     wrong note). Shape (N, 3), or (N, 2) without the near miss; a row is NaN when the prompt names no notes, zeros
@@ -85,7 +88,8 @@ def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Seq
         ok = tot > 1e-20
         safe = torch.where(ok, tot, torch.ones_like(tot))
         fund = (_bands(freqs, f0s, tolerance_cents).to(power.dtype) * power[i]).sum(-1)  # (K,)
-        parts = [(power[i] * hit).sum() / safe, torch.clamp(fund / (presence * safe / len(f0s)), max=1.0).mean()]
+        present = torch.clamp(fund / (presence * safe / len(f0s)), max=1.0)
+        parts = [(power[i] * hit).sum() / safe, present.min() if presence_pool == "min" else present.mean()]
         if near_cents is not None:
             near = _bands(freqs, harmonics, near_cents).any(0) & in_range & ~hit
             parts.append((power[i] * near).sum() / safe)
@@ -96,11 +100,11 @@ def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Seq
 
 def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]], sample_rate: int = SAMPLE_RATE,
                            tolerance_cents: float = 50.0, presence: float = 0.25, f_min: float = 50.0,
-                           max_harmonic: int = MAX_HARMONIC) -> torch.Tensor:
+                           max_harmonic: int = MAX_HARMONIC, presence_pool: str = "mean") -> torch.Tensor:
     """The ``tone_correctness`` score (module doc) of (N, C, L) waveforms for per-sample MIDI note lists:
     ``explained · present`` of :func:`tone_correctness_factors`."""
     f = tone_correctness_factors(samples, notes, sample_rate, tolerance_cents, presence, f_min, max_harmonic,
-                                 near_cents=None)
+                                 near_cents=None, presence_pool=presence_pool)
     return f[:, 0] * f[:, 1]
 
 
@@ -167,8 +171,11 @@ class ToneCorrectness(_AudioReward):
     differentiable = True
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
-                 f_min: float = 50.0) -> None:
+                 f_min: float = 50.0, presence_pool: str = "mean") -> None:
         super().__init__(sample_rate)
+        if presence_pool not in ("mean", "min"):
+            raise ConfigError(f"tone_correctness: presence_pool is '{presence_pool}'; valid choices: mean, min")
+        self.presence_pool = presence_pool
         if not 0 < float(tolerance_cents) <= 600:
             raise ConfigError(f"tone_correctness: tolerance_cents must be in (0, 600], got {tolerance_cents}")
         if not 0 < float(presence) <= 1:
@@ -177,7 +184,7 @@ class ToneCorrectness(_AudioReward):
 
     def score(self, samples, prompts, metadata):
         return tone_correctness_score(samples, prompt_notes(prompts, metadata), self.sample_rate, self.tolerance_cents,
-                                      self.presence, self.f_min)
+                                      self.presence, self.f_min, presence_pool=self.presence_pool)
 
 
 @REWARDS.register("loudness")

@@ -36,6 +36,23 @@ def test_correct_chord_beats_wrong_chord_for_every_timbre():
         assert s[0] > 0.95 and s[1] < 0.05 and abs(float(s[2]) - 2 / 3) < 0.05, (timbre, s)
 
 
+def test_presence_pool_min_gives_a_missing_note_no_credit():
+    # C + E for "a C major chord": G is absent, so its present_i is 0; "mean" gives 2/3 of explained, "min" 0.
+    prompt = "a C major chord, sine, legato"
+    good = D.make_clips([D.ToneLabel(0, "major chord", "sine", "legato")], seed=1)
+    part = D.make_clips([D.ToneLabel(0, "major third", "sine", "legato")], seed=1)
+    x = torch.cat([good, part])
+    mean, strict = R.ToneCorrectness()(x, [prompt] * 2), R.ToneCorrectness(presence_pool="min")(x, [prompt] * 2)
+    assert float(strict[0]) == pytest.approx(float(mean[0]), abs=1e-6) and strict[0] > 0.95  # every note present
+    assert abs(float(mean[1]) - 2 / 3) < 0.05 and float(strict[1]) < 0.02
+    # one note: the pools agree (a single present_i)
+    note = D.make_clips([D.ToneLabel(0, "note", "sine", "legato")], seed=1)
+    assert float(R.ToneCorrectness(presence_pool="min")(note, ["a C note"])) == pytest.approx(
+        float(R.ToneCorrectness()(note, ["a C note"])), abs=1e-6)
+    with pytest.raises(ConfigError, match="presence_pool.*valid choices: mean, min"):
+        build_reward("tone_correctness", {"presence_pool": "max"})
+
+
 def test_every_generated_clip_scores_high_on_its_own_caption():
     x, labels = D.make_dataset(48, "all", seed=11)
     s = R.ToneCorrectness()(x, [lab.caption for lab in labels])
