@@ -12,7 +12,9 @@ channels are averaged to mono. ``modality = "audio"``.
   A correct chord scores ≈ 1, a missing chord note costs 1/K, a wrong note costs its power share, a note an
   octave off fails ``present``. ``presence_pool: min`` takes ``min_i present_i`` instead of the mean: a clip
   missing one of the notes scores ≈ 0 rather than (K−1)/K — a training option (this project's) that leaves no
-  partial credit for playing only some of the notes; evaluations keep the mean. Silence scores 0. NaN when the prompt names no single note / interval / chord
+  partial credit for playing only some of the notes; evaluations keep the mean. ``presence_decades: D`` reads
+  each note's ratio r_i = P(B(f_i)) / (presence · E_tot / K) on a log scale, ``clamp(1 + log10(r_i) / D, 0, 1)``,
+  so that a note at 1 % or 0.1 % of its due power still differs (another training option). Silence scores 0. NaN when the prompt names no single note / interval / chord
   (and ``metadata[i]["midi_notes"]`` is absent). Differentiable (ratios of FFT powers).
 * ``loudness`` — RMS level in dBFS, ``10·log10(mean x² + 1e-10)`` (−3.01 dB for a full-scale sine, −100 dB for
   silence); with ``target_db`` set, ``−|level − target_db|`` (0 at the target). Differentiable.
@@ -64,9 +66,11 @@ def _bands(freqs: torch.Tensor, centres: Sequence[float], cents: float) -> torch
 def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]],
                              sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
                              f_min: float = 50.0, max_harmonic: int = MAX_HARMONIC,
-                             near_cents: Optional[float] = 150.0, presence_pool: str = "mean") -> torch.Tensor:
+                             near_cents: Optional[float] = 150.0, presence_pool: str = "mean",
+                             presence_decades: Optional[float] = None) -> torch.Tensor:
     """Per clip ``explained`` and ``present`` (module doc; their product is ``tone_correctness``; ``presence_pool``
-    "min" takes the least present note instead of the mean over notes) and, unless
+    "min" takes the least present note instead of the mean over notes; ``presence_decades`` D reads each note's
+    ratio r_i on a log scale, ``clamp(1 + log10(r_i) / D, 0, 1)``) and, unless
     ``near_cents`` is None (the reward itself skips it), the *near miss*: the share of in-range power within
     ±``near_cents`` of an expected harmonic but outside ±``tolerance_cents`` (a note played off pitch rather than a
     wrong note). Shape (N, 3), or (N, 2) without the near miss; a row is NaN when the prompt names no notes, zeros
@@ -88,7 +92,11 @@ def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Seq
         ok = tot > 1e-20
         safe = torch.where(ok, tot, torch.ones_like(tot))
         fund = (_bands(freqs, f0s, tolerance_cents).to(power.dtype) * power[i]).sum(-1)  # (K,)
-        present = torch.clamp(fund / (presence * safe / len(f0s)), max=1.0)
+        ratio = fund / (presence * safe / len(f0s))
+        if presence_decades is None:
+            present = torch.clamp(ratio, max=1.0)
+        else:
+            present = torch.clamp(1.0 + torch.log10(ratio.clamp_min(1e-30)) / presence_decades, 0.0, 1.0)
         parts = [(power[i] * hit).sum() / safe, present.min() if presence_pool == "min" else present.mean()]
         if near_cents is not None:
             near = _bands(freqs, harmonics, near_cents).any(0) & in_range & ~hit
@@ -100,11 +108,12 @@ def tone_correctness_factors(samples: torch.Tensor, notes: Sequence[Optional[Seq
 
 def tone_correctness_score(samples: torch.Tensor, notes: Sequence[Optional[Sequence[int]]], sample_rate: int = SAMPLE_RATE,
                            tolerance_cents: float = 50.0, presence: float = 0.25, f_min: float = 50.0,
-                           max_harmonic: int = MAX_HARMONIC, presence_pool: str = "mean") -> torch.Tensor:
+                           max_harmonic: int = MAX_HARMONIC, presence_pool: str = "mean",
+                           presence_decades: Optional[float] = None) -> torch.Tensor:
     """The ``tone_correctness`` score (module doc) of (N, C, L) waveforms for per-sample MIDI note lists:
     ``explained · present`` of :func:`tone_correctness_factors`."""
     f = tone_correctness_factors(samples, notes, sample_rate, tolerance_cents, presence, f_min, max_harmonic,
-                                 near_cents=None, presence_pool=presence_pool)
+                                 near_cents=None, presence_pool=presence_pool, presence_decades=presence_decades)
     return f[:, 0] * f[:, 1]
 
 
@@ -171,11 +180,14 @@ class ToneCorrectness(_AudioReward):
     differentiable = True
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, tolerance_cents: float = 50.0, presence: float = 0.25,
-                 f_min: float = 50.0, presence_pool: str = "mean") -> None:
+                 f_min: float = 50.0, presence_pool: str = "mean", presence_decades: Optional[float] = None) -> None:
         super().__init__(sample_rate)
         if presence_pool not in ("mean", "min"):
             raise ConfigError(f"tone_correctness: presence_pool is '{presence_pool}'; valid choices: mean, min")
+        if presence_decades is not None and not float(presence_decades) > 0:
+            raise ConfigError(f"tone_correctness: presence_decades must be > 0 (or null: linear), got {presence_decades}")
         self.presence_pool = presence_pool
+        self.presence_decades = None if presence_decades is None else float(presence_decades)
         if not 0 < float(tolerance_cents) <= 600:
             raise ConfigError(f"tone_correctness: tolerance_cents must be in (0, 600], got {tolerance_cents}")
         if not 0 < float(presence) <= 1:
@@ -184,7 +196,8 @@ class ToneCorrectness(_AudioReward):
 
     def score(self, samples, prompts, metadata):
         return tone_correctness_score(samples, prompt_notes(prompts, metadata), self.sample_rate, self.tolerance_cents,
-                                      self.presence, self.f_min, presence_pool=self.presence_pool)
+                                      self.presence, self.f_min, presence_pool=self.presence_pool,
+                                      presence_decades=self.presence_decades)
 
 
 @REWARDS.register("loudness")

@@ -53,6 +53,22 @@ def test_presence_pool_min_gives_a_missing_note_no_credit():
         build_reward("tone_correctness", {"presence_pool": "max"})
 
 
+def test_presence_options_hand_computed():
+    # C4 at 0.5 and E4 at 0.05 for "a major third on C": all power at expected notes (explained = 1); E's share of
+    # the power is 0.0025 / 0.2525, its ratio to the required presence · 1/K = 0.25 / 2 is r = 0.0792.
+    x = (sine(D.midi_to_hz(60), 0.5) + sine(D.midi_to_hz(64), 0.05))[None, None]
+    r = (0.0025 / 0.2525) / (0.25 / 2)
+    log_r = 1 + math.log10(r) / 2  # presence_decades 2: a ratio of 1/100 (two decades short) scores 0
+    expected = {(): (1 + r) / 2, (("presence_decades", 2.0),): (1 + log_r) / 2, (("presence_pool", "min"),): r,
+                (("presence_pool", "min"), ("presence_decades", 2.0)): log_r}
+    for kw, want in expected.items():
+        assert float(R.ToneCorrectness(**dict(kw))(x, ["a major third on C"])) == pytest.approx(want, abs=1e-3), kw
+    assert float(R.ToneCorrectness(presence_decades=2.0)(sine(D.midi_to_hz(60))[None, None], ["a major third on C"])
+                 ) == pytest.approx(0.5, abs=1e-3)  # E absent (r ≈ 0): clamped at 0, not −inf
+    with pytest.raises(ConfigError, match="presence_decades must be > 0"):
+        build_reward("tone_correctness", {"presence_decades": 0})
+
+
 def test_every_generated_clip_scores_high_on_its_own_caption():
     x, labels = D.make_dataset(48, "all", seed=11)
     s = R.ToneCorrectness()(x, [lab.caption for lab in labels])
