@@ -90,6 +90,22 @@ def write_artefacts(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, sample_ra
     write_evaluation(out_dir, tag, x, P, S, n_prompts, n_seeds, scores, "audio", sample_rate)
 
 
+def factor_split(tag, x, P):
+    """Where the deficit sits by factor of tone_correctness (explained · present, the mean over notes): the
+    missing-note part mean(explained · (1 − present)) and the off-harmonic part mean(1 − explained), and per
+    number of notes K the share of clips with every note present (present > 0.95)."""
+    from genalign.tones.data import prompt_notes
+    from genalign.tones.rewards import tone_correctness_factors
+
+    notes = prompt_notes(P)
+    f = tone_correctness_factors(x, notes)
+    e, p = f[:, 0], f[:, 1]
+    K = torch.tensor([len(n) for n in notes])
+    every = ", ".join(f"K={k}: {float((p[K == k] > 0.95).float().mean()):.2f}" for k in sorted(set(K.tolist())))
+    print(f"  {tag}: deficit from missing notes {float((e * (1 - p)).mean()):.3f}, off the notes' harmonics "
+          f"{float((1 - e).mean()):.3f}; clips with every note, by K: {every}")
+
+
 def per_prompt(name, iteration, prompts, base, after, n_seeds):
     """Each prompt's correctness per seed, base | run, and where the run's remaining deficit (1 − correctness) sits:
     in prompts whose seeds agree (sd < 0.05: a shared error, which a group-normalised advantage cannot see) or not."""
@@ -179,6 +195,8 @@ def main():
         after = curve[-1][2]
         if args.per_prompt:
             per_prompt(name, curve[-1][0], prompts, base["per"]["correctness"], after["per"]["correctness"], args.seeds)
+            factor_split("base", base_x, P)
+            factor_split(name, x, P)
         wins = {k: float((after["per"][k] > base["per"][k]).float().mean()) for k in WIN_REWARDS}
         reach = next((traj for _, traj, m in curve if m["correctness"] >= args.level), None)
         rows.append((name, after, wins, curve[-1][1], cpu, reach, tag))
