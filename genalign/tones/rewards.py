@@ -14,8 +14,9 @@ channels are averaged to mono. ``modality = "audio"``.
   missing one of the notes scores ≈ 0 rather than (K−1)/K — a training option (this project's) that leaves no
   partial credit for playing only some of the notes; evaluations keep the mean. ``presence_decades: D`` reads
   each note's ratio r_i = P(B(f_i)) / (presence · E_tot / K) on a log scale, ``clamp(1 + log10(r_i) / D, 0, 1)``,
-  so that a note at 1 % or 0.1 % of its due power still differs (another training option). Silence scores 0. NaN when the prompt names no single note / interval / chord
-  (and ``metadata[i]["midi_notes"]`` is absent). Differentiable (ratios of FFT powers).
+  so that a note at 1 % or 0.1 % of its due power still differs (another training option). Silence scores 0.
+  NaN when the prompt names no single note / interval / chord (and ``metadata[i]["midi_notes"]`` is absent).
+  Differentiable (ratios of FFT powers).
 * ``loudness`` — RMS level in dBFS, ``10·log10(mean x² + 1e-10)`` (−3.01 dB for a full-scale sine, −100 dB for
   silence); with ``target_db`` set, ``−|level − target_db|`` (0 at the target). Differentiable.
 * ``onset_sharpness`` — attack steepness: the envelope is the frame RMS (``frame_ms`` frames, hop frame/2),
