@@ -10,7 +10,8 @@ checkpoint is evaluated on held-out prompts x held-out seeds (offline, CPU, one 
         --max-iteration 250 --ckpt-stride 100 --per-prompt
 
 A run is NAME=RECIPE[|OVERRIDE[|OVERRIDE...]]. Metrics (eval prompts = every --stride-th of the recipe's
-data.eval_prompts — assets/tones/prompts/eval.txt or eval_any_articulation.txt, never trained on; each run is
+data.eval_prompts — assets/tones/prompts/eval.txt or eval_any_articulation.txt, never trained on; with
+--prompts train, of its data.prompts instead, the prompts it trained on, still on unseen seeds; each run is
 compared with the base sampled on the same prompt file; seeds 1000.. (--seeds of them), never seen in training or
 in the base's selection; the recipe's deterministic evaluation sampler):
   correctness   tone_correctness (are the caption's notes the spectral peaks), mean
@@ -127,6 +128,9 @@ def main():
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--stride", type=int, default=3, help="every n-th eval prompt")
+    ap.add_argument("--prompts", choices=("eval", "train"), default="eval",
+                    help="score on the recipe's held-out data.eval_prompts (default) or on its training "
+                         "data.prompts (held-out seeds only: how far the level on trained prompts carries over)")
     ap.add_argument("--level", type=float, default=0.9, help="correctness level for trajectories-to-level")
     ap.add_argument("--out", default="runs/bench_tones")
     ap.add_argument("--artefacts", default=None, help="write before/after media here (4 prompts x 2 seeds)")
@@ -166,8 +170,9 @@ def main():
         elif os.path.exists(os.path.join(out, "bench_cpu.json")):
             cpu = json.load(open(os.path.join(out, "bench_cpu.json")))["cpu_s"]
         cfg = load_config(os.path.join(out, "config.yaml"))
-        prompts = read_prompts(cfg.data.eval_prompts)[::args.stride]
-        tag = os.path.splitext(os.path.basename(cfg.data.eval_prompts))[0]
+        source = cfg.data.eval_prompts if args.prompts == "eval" else cfg.data.prompts
+        prompts = read_prompts(source)[::args.stride]
+        tag = os.path.splitext(os.path.basename(source))[0]
         if tag not in bases:
             x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
             b = metrics(x, P, args.seeds)
@@ -215,7 +220,8 @@ def main():
                             {k: after["per"][k][pick] for k in WIN_REWARDS}, sr)
     if not bases:
         return
-    print(f"\nheld-out prompts ({', '.join(f'{t}: {b[2]}' for t, b in bases.items())}) x seeds "
+    which = "held-out prompts" if args.prompts == "eval" else "trained prompts"
+    print(f"\n{which}, every {args.stride}. ({', '.join(f'{t}: {b[2]}' for t, b in bases.items())}) x held-out seeds "
           f"1000..{999 + args.seeds}; CPU, 1 thread; last checkpoint; each run against the base on its prompts")
     print("| run | correctness | FAD real | FAD staccato | onset | stacc. cos | diversity | trajectories | "
           f"traj. to {args.level} | CPU s |")
