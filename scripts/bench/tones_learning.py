@@ -43,12 +43,15 @@ sys.path.insert(0, REPO)
 WIN_REWARDS = ("correctness", "onset", "clap", "stacc_cos")
 
 
-def samples_of(gen, sampler, prompts, n_seeds, batch=48):
+def samples_of(gen, sampler, prompts, n_seeds, batch=48, stochastic=False):
+    """Each prompt x seeds 1000.. with the recipe's evaluation sampler: deterministic, or with ``stochastic`` the
+    training rollouts' stochastic steps (their window at its first start)."""
     P = [p for p in prompts for _ in range(n_seeds)]
     S = [1000 + i for _ in prompts for i in range(n_seeds)]
     with torch.no_grad():
         x = torch.cat([gen.rollout(P[a:a + batch], S[a:a + batch], sampler, num_steps=sampler.eval_num_steps,
-                                   stochastic=False).samples for a in range(0, len(P), batch)])
+                                   stochastic=stochastic, window_start=0 if stochastic else None).samples
+                       for a in range(0, len(P), batch)])
     return x, P, S
 
 
@@ -82,6 +85,18 @@ def generator(cfg, ckpt):
     gen = MODELS.get(cfg.model.family).load(cfg.model)
     if ckpt is not None:
         gen.load_checkpoint(ckpt)
+    return gen
+
+
+def averaged(cfg, checkpoints):
+    """A generator whose denoiser holds the uniform average of the checkpoints' denoiser weights (tail averaging)."""
+    gen = generator(cfg, checkpoints[-1])
+    total = {k: v.double().clone() for k, v in gen.denoiser.state_dict().items()}
+    for ck in checkpoints[:-1]:
+        for k, v in generator(cfg, ck).denoiser.state_dict().items():
+            total[k] += v.double()
+    gen.denoiser.load_state_dict({k: (v / len(checkpoints)).to(gen.denoiser.state_dict()[k].dtype)
+                                  for k, v in total.items()})
     return gen
 
 
@@ -141,6 +156,12 @@ def main():
                     help="print each eval prompt's per-seed correctness, base vs the last evaluated checkpoint")
     ap.add_argument("--ema", action="store_true",
                     help="evaluate each checkpoint's EMA weights (its ema/ folder; runs trained with train.ema.decay > 0)")
+    ap.add_argument("--average-last", type=int, default=0, metavar="K",
+                    help="also score the uniform average of the weights of the last K checkpoints (up to "
+                         "--max-iteration), printed as a curve line of NAME~avgK; the table keeps the last checkpoint")
+    ap.add_argument("--stochastic", action="store_true",
+                    help="sample the base and the runs with the training rollouts' stochastic steps instead of the "
+                         "deterministic evaluation sampler (the same seeds)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from genalign.config import load_config
@@ -174,7 +195,8 @@ def main():
         prompts = read_prompts(source)[::args.stride]
         tag = os.path.splitext(os.path.basename(source))[0]
         if tag not in bases:
-            x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds)
+            x, P, S = samples_of(generator(cfg, None), cfg.sampler, prompts, args.seeds,
+                               stochastic=args.stochastic)
             b = metrics(x, P, args.seeds)
             bases[tag] = (b, x, len(prompts))
             print(f"base ({tag}) corr {b['correctness']:.3f} FAD real {b['fad_real']:.3f} "
@@ -188,7 +210,8 @@ def main():
             weights = os.path.join(ck, "ema") if args.ema else ck
             if not os.path.isdir(weights):
                 sys.exit(f"{ck} has no ema/ folder: --ema needs a run trained with train.ema.decay > 0")
-            x, P, S = samples_of(generator(cfg, weights), cfg.sampler, prompts, args.seeds)
+            x, P, S = samples_of(generator(cfg, weights), cfg.sampler, prompts, args.seeds,
+                               stochastic=args.stochastic)
             m = metrics(x, P, args.seeds)
             curve.append((st["iteration"], st["counters"]["trajectories"], m))
             print(f"{name} it {st['iteration']} traj {st['counters']['trajectories']} corr {m['correctness']:.3f} "
@@ -197,6 +220,12 @@ def main():
                   flush=True)
         if not curve:
             continue
+        if args.average_last > 1 and len(cks) >= args.average_last:
+            x_avg = samples_of(averaged(cfg, cks[-args.average_last:]), cfg.sampler, prompts, args.seeds,
+                               stochastic=args.stochastic)[0]
+            m = metrics(x_avg, P, args.seeds)
+            print(f"{name}~avg{args.average_last} it {curve[-1][0]} corr {m['correctness']:.3f} "
+                  f"FAD real {m['fad_real']:.3f} FAD st {m['fad_staccato']:.3f} div {m['diversity']:.3f}", flush=True)
         after = curve[-1][2]
         if args.per_prompt:
             per_prompt(name, curve[-1][0], prompts, base["per"]["correctness"], after["per"]["correctness"], args.seeds)
