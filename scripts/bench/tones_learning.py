@@ -89,14 +89,19 @@ def generator(cfg, ckpt):
 
 
 def averaged(cfg, checkpoints):
-    """A generator whose denoiser holds the uniform average of the checkpoints' denoiser weights (tail averaging)."""
-    gen = generator(cfg, checkpoints[-1])
-    total = {k: v.double().clone() for k, v in gen.denoiser.state_dict().items()}
-    for ck in checkpoints[:-1]:
-        for k, v in generator(cfg, ck).denoiser.state_dict().items():
-            total[k] += v.double()
-    gen.denoiser.load_state_dict({k: (v / len(checkpoints)).to(gen.denoiser.state_dict()[k].dtype)
-                                  for k, v in total.items()})
+    """A generator whose denoiser holds the uniform average of the checkpoints' denoiser weights (tail averaging):
+    one generator, each checkpoint loaded into it in turn."""
+    gen = generator(cfg, None)
+    total = None
+    for ck in checkpoints:
+        gen.load_checkpoint(ck)
+        sd = gen.denoiser.state_dict()
+        if total is None:
+            dtypes, total = {k: v.dtype for k, v in sd.items()}, {k: v.double().clone() for k, v in sd.items()}
+        else:
+            for k, v in sd.items():
+                total[k] += v.double()
+    gen.denoiser.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()})
     return gen
 
 
